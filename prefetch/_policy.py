@@ -1,0 +1,306 @@
+"""Mux policies: which active stream feeds the next samples.
+
+A policy is pure: a function of its random generator and of the exhaustion events
+it is told about, with no knowledge of generators, processes or sockets. The
+in-process muxes and the pool's mux process drive the same policy objects, so both
+produce the same sequence of stream choices for the same seed.
+
+Protocol, as a driver uses it:
+  `start()` gives the first activations; `choose(n)` gives up to n slot indices,
+  cut right after the first slot whose budget runs out; `advance(choices)` records
+  the rows actually delivered and returns the slots whose budget ran out;
+  `ended(slot)` says the stream in `slot` ended (budget or exhaustion) and returns
+  the activations that replace it. An activation opens child `child` of the mux
+  with at most `budget` samples (None: until it ends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._errors import EmptyStreamError, MuxStarvedError
+
+Rng = Any  # np.random.Generator or np.random.RandomState: both offer random/choice/poisson/binomial
+
+
+@dataclass(frozen=True)
+class Activation:
+    """Open child `child` in active slot `slot` for at most `budget` samples (None: no limit)."""
+
+    slot: int
+    child: Any
+    budget: int | None
+
+
+def _pick(rng: Rng, mass: np.ndarray) -> int:
+    """One index drawn with probability proportional to `mass` (non-negative, not all zero)."""
+    cum = np.cumsum(mass)
+    return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), len(mass) - 1))
+
+
+def _draw_slots(rng: Rng, mass: np.ndarray, n: int) -> np.ndarray:
+    """n slot indices drawn independently with probability proportional to `mass`."""
+    cum = np.cumsum(mass)
+    picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
+    return np.minimum(picks, len(mass) - 1)
+
+
+def _cut_at_budget(choices: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """The prefix of `choices` that ends at the first row exhausting some slot's budget."""
+    cut = len(choices)
+    for slot in np.flatnonzero(np.isfinite(budget)):
+        rows = np.flatnonzero(choices == slot)
+        left = int(budget[slot])
+        if len(rows) >= left:
+            cut = min(cut, int(rows[left - 1]) + 1)
+    return choices[:cut]
+
+
+class StochasticPolicy:
+    """StochasticMux's policy: `n_active` slots, each holding a stream for a random budget.
+
+    Streams are activated with probability proportional to their weight, and rows are
+    drawn from the active slots in proportion to their stream's weight (shared among
+    copies of one stream). Because every budget has mean `rate` whatever the stream,
+    the long-run share of a stream that never runs out equals its weight. In
+    `single_active` mode, where an active stream cannot be chosen again, activations
+    favour streams whose activation count lags their weight so that this still holds.
+    """
+
+    def __init__(self, weights: np.ndarray, n_active: int, rate: float | None, mode: str,
+                 prune_empty_streams: bool, dist: str, rng: Rng) -> None:
+        n = len(weights)
+        self.weights = np.array(weights, dtype=float)
+        self.n_active, self.rate, self.mode, self.dist = n_active, rate, mode, dist
+        self.prune_empty_streams = prune_empty_streams
+        self.rng = rng
+        self.child = np.full(n_active, -1)
+        self.budget = np.zeros(n_active)
+        self.produced = np.zeros(n_active, dtype=np.int64)
+        self.pruned = np.zeros(n, dtype=bool)
+        self.visited = np.zeros(n, dtype=bool)
+        self.activations = np.zeros(n, dtype=np.int64)
+        self.empty_since_sample: set[int] = set()
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        self.weights = np.array(weights, dtype=float)
+
+    def start(self) -> list[Activation]:
+        started = [self._activate(slot, initial=True) for slot in range(self.n_active)]
+        return [a for a in started if a is not None]
+
+    def _slot_mass(self) -> np.ndarray:
+        live = self.child >= 0
+        mass = np.zeros(self.n_active)
+        if live.any():
+            kids = self.child[live]
+            copies = np.bincount(kids, minlength=len(self.weights))
+            mass[live] = self.weights[kids] / copies[kids]
+        return mass
+
+    def choose(self, n: int) -> np.ndarray:
+        mass = self._slot_mass()
+        if not mass.any():
+            self._check_starved()
+            return np.empty(0, dtype=np.int64)
+        return _cut_at_budget(_draw_slots(self.rng, mass, n), np.where(self.child >= 0, self.budget, np.inf))
+
+    def advance(self, choices: np.ndarray) -> list[int]:
+        if len(choices) == 0:
+            return []
+        counts = np.bincount(choices, minlength=self.n_active)
+        self.produced += counts
+        self.budget -= counts
+        self.empty_since_sample.clear()
+        return [int(s) for s in np.flatnonzero((self.child >= 0) & (self.budget <= 0))]
+
+    def ended(self, slot: int) -> list[Activation]:
+        kid = int(self.child[slot])
+        if self.produced[slot] == 0:
+            if self.prune_empty_streams:
+                self.pruned[kid] = True
+            else:
+                self.empty_since_sample.add(kid)
+                hopeful = np.flatnonzero((self.weights > 0) & ~self.pruned)
+                if set(hopeful.tolist()) <= self.empty_since_sample:
+                    raise EmptyStreamError(
+                        f"every stream with positive weight ({hopeful.tolist()}) yielded nothing since the "
+                        "last sample and prune_empty_streams=False, so the mux would restart them forever"
+                    )
+        self.child[slot] = -1
+        activation = self._activate(slot)
+        return [] if activation is None else [activation]
+
+    def _eligible(self, initial: bool) -> np.ndarray:
+        ok = (self.weights > 0) & ~self.pruned
+        if self.mode == "exhaustive":
+            ok &= ~self.visited
+        active = np.zeros_like(ok)
+        active[self.child[self.child >= 0]] = True
+        if self.mode == "single_active" or (initial and (ok & ~active).any()):
+            ok &= ~active
+        return ok
+
+    def _activate(self, slot: int, initial: bool = False) -> Activation | None:
+        ok = self._eligible(initial)
+        if not ok.any():
+            return None
+        mass = np.where(ok, self.weights, 0.0)
+        if self.mode == "single_active":
+            live = (self.weights > 0) & ~self.pruned
+            share = np.where(live, self.weights, 0.0) / self.weights[live].sum()
+            lag = np.where(ok, share * (self.activations.sum() + 1) - self.activations, 0.0)
+            if (lag > 0).any():
+                mass = np.maximum(lag, 0.0)
+        kid = _pick(self.rng, mass)
+        budget = self._draw_budget(kid, slot)
+        self.child[slot], self.produced[slot] = kid, 0
+        self.budget[slot] = np.inf if budget is None else budget
+        self.visited[kid] = True
+        self.activations[kid] += 1
+        return Activation(slot, kid, budget)
+
+    def _draw_budget(self, kid: int, slot: int) -> int | None:
+        rate = self.rate
+        if rate is None:
+            return None
+        if self.dist == "constant":
+            return max(1, round(rate))
+        if self.dist == "binomial":
+            others = self._slot_mass()
+            others[slot] = 0.0
+            copies = 1 + int(np.sum(self.child == kid)) - int(self.child[slot] == kid)
+            mine = self.weights[kid] / copies
+            p = mine / (others.sum() + mine)
+            if p <= 0.9999:
+                return 1 + int(self.rng.binomial(round((rate - 1) / (1 - p)), 1 - p))
+        return 1 + int(self.rng.poisson(rate - 1))
+
+    def _check_starved(self) -> None:
+        waiting = (self.weights == 0) & ~self.pruned
+        if self.mode == "exhaustive":
+            waiting &= ~self.visited
+        if waiting.any():
+            raise MuxStarvedError(
+                f"streams {np.flatnonzero(waiting).tolist()} still have data but weight 0, and no other "
+                "stream is left; give them weight or leave them out of the mux"
+            )
+
+
+class ShuffledPolicy:
+    """ShuffledMux's policy: every stream always active, restarted when it ends, drawn by weight."""
+
+    def __init__(self, weights: np.ndarray, rng: Rng) -> None:
+        self.weights = np.array(weights, dtype=float)
+        self.user_zero = self.weights == 0
+        self.rng = rng
+        self.produced = np.zeros(len(weights), dtype=np.int64)
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        pruned = (self.weights == 0) & ~self.user_zero
+        self.weights = np.where(pruned, 0.0, np.asarray(weights, dtype=float))
+        self.user_zero = np.asarray(weights) == 0
+
+    def start(self) -> list[Activation]:
+        return [Activation(s, s, None) for s in range(len(self.weights))]
+
+    def choose(self, n: int) -> np.ndarray:
+        if not self.weights.any():
+            if self.user_zero.any():
+                raise MuxStarvedError(
+                    f"streams {np.flatnonzero(self.user_zero).tolist()} have weight 0 and every other "
+                    "stream is empty; give them weight or leave them out of the mux"
+                )
+            return np.empty(0, dtype=np.int64)
+        return _draw_slots(self.rng, self.weights, n)
+
+    def advance(self, choices: np.ndarray) -> list[int]:
+        self.produced += np.bincount(choices, minlength=len(self.weights))
+        return []
+
+    def ended(self, slot: int) -> list[Activation]:
+        if self.produced[slot] == 0:
+            self.weights[slot] = 0.0
+            return []
+        self.produced[slot] = 0
+        return [Activation(slot, slot, None)]
+
+
+class RoundRobinPolicy:
+    """RoundRobinMux's policy: one sample from each live stream in turn."""
+
+    def __init__(self, n_streams: int, mode: str, rng: Rng) -> None:
+        self.n, self.mode, self.rng = n_streams, mode, rng
+        self.live = np.zeros(n_streams, dtype=bool)
+        self.order = np.arange(n_streams)
+        self.next_slot = 0
+        self.round_produced = 0
+
+    def start(self) -> list[Activation]:
+        self.live[:] = True
+        self.next_slot = 0
+        self.round_produced = 0
+        return [Activation(s, int(self.order[s]), None) for s in range(self.n)]
+
+    def choose(self, n: int) -> np.ndarray:
+        slots = np.flatnonzero(self.live)
+        if len(slots) == 0:
+            return np.empty(0, dtype=np.int64)
+        turn = np.roll(slots, -int(np.searchsorted(slots, self.next_slot)))
+        return np.resize(turn, n)
+
+    def advance(self, choices: np.ndarray) -> list[int]:
+        if len(choices):
+            self.next_slot = (int(choices[-1]) + 1) % self.n
+            self.round_produced += len(choices)
+        return []
+
+    def ended(self, slot: int) -> list[Activation]:
+        self.live[slot] = False
+        if self.live.any() or self.mode == "exhaustive":
+            return []
+        if self.round_produced == 0:
+            raise EmptyStreamError(f"RoundRobinMux(mode={self.mode!r}): every stream yielded nothing in a whole round")
+        if self.mode == "permuted_cycle":
+            self.order = self.rng.permutation(self.n)
+        return self.start()
+
+
+class ChainPolicy:
+    """ChainMux's policy: one stream at a time, each to its end, in the order given."""
+
+    def __init__(self, children: Callable[[], Iterator[Any]], mode: str) -> None:
+        self.children, self.mode = children, mode
+        self.pass_children: Iterator[Any] = iter(())
+        self.pass_produced = 0
+        self.live = False
+
+    def start(self) -> list[Activation]:
+        self.pass_children = self.children()
+        self.pass_produced = 0
+        return self._next()
+
+    def _next(self) -> list[Activation]:
+        for child in self.pass_children:
+            self.live = True
+            return [Activation(0, child, None)]
+        self.live = False
+        if self.mode == "cycle":
+            if self.pass_produced == 0:
+                raise EmptyStreamError("ChainMux(mode='cycle'): a whole pass over the streams yielded nothing")
+            return self.start()
+        return []
+
+    def choose(self, n: int) -> np.ndarray:
+        return np.zeros(n if self.live else 0, dtype=np.int64)
+
+    def advance(self, choices: np.ndarray) -> list[int]:
+        self.pass_produced += len(choices)
+        return []
+
+    def ended(self, slot: int) -> list[Activation]:
+        return self._next()
