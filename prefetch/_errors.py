@@ -37,3 +37,55 @@ def add_note(exc: BaseException, note: str) -> None:
         exc.add_note(note)
     else:  # Python 3.10 stores notes but does not print them
         exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
+class PoolClosedError(PrefetchError):
+    """The pool was closed (by you, by an error, or at exit) and cannot deliver batches."""
+
+
+class SlotsExhaustedError(PrefetchError):
+    """The trainer holds views of every shared-memory slot, so no batch can be filled."""
+
+
+class PoolTimeoutError(PrefetchError, TimeoutError):
+    """No batch arrived within the pool's `timeout`."""
+
+
+class WorkerError(PrefetchError):
+    """User code (a stream or the transform) raised in a worker.
+
+    Attributes:
+        stream: repr of the stream that raised (None when unknown).
+        worker: index of the worker process.
+        traceback: the worker-side traceback, as text.
+        original: the original exception when it could be pickled, else None.
+    """
+
+    def __init__(self, message: str, stream: str | None, worker: int, traceback: str,
+                 original: BaseException | None) -> None:
+        super().__init__(message)
+        self.stream, self.worker, self.traceback, self.original = stream, worker, traceback, original
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}\n\nTraceback in worker {self.worker}:\n{self.traceback}"
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.args[0], self.stream, self.worker, self.traceback, self.original))
+
+
+class WorkerDiedError(PrefetchError):
+    """A worker or the mux process exited without being asked to.
+
+    Attributes:
+        process: "worker N" or "mux process".
+        exitcode: the exit status, or minus the signal number that killed it.
+    """
+
+    def __init__(self, process: str, exitcode: int | None) -> None:
+        how = f"was killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else \
+            f"exited with status {exitcode}"
+        super().__init__(f"{process} {how}")
+        self.process, self.exitcode = process, exitcode
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.process, self.exitcode))

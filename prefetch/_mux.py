@@ -8,7 +8,7 @@ child to a worker. Both therefore walk the policy identically.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from numbers import Integral, Real
 from typing import Any
 
@@ -109,9 +109,19 @@ class BaseMux(Streamer):
     def _iterate(self, max_iter: int | None) -> Iterator[Any]:
         return self._drive(_open_in_process, max_iter)
 
-    def _drive(self, open_child: OpenChild, max_iter: int | None) -> Iterator[Any]:
-        """Walk the policy, pulling each row from the child stream it chooses."""
+    def _blocks(self, open_child: OpenChild, max_iter: int | None,
+                control: DriveControl | None = None) -> Generator[tuple[np.ndarray, dict[int, Any]], Any, None]:
+        """Walk the policy a block of stream choices at a time.
+
+        Yields (choices, opened): the active slot of each of the next rows, and each
+        slot's (child iterator, child key). The consumer sends back (delivered,
+        exhausted): how many rows it took, and the slot whose stream ran out at the
+        next row (None if none). `control` lets the pool see the policy (to reweight
+        it) and cap the rows drawn ahead, so that a reweighting starts at an exact row.
+        """
         policy = self._policy(self._activation_rng())
+        if control is not None:
+            control.policy = policy
         opened: dict[int, tuple[Iterator[Any], Any]] = {}
 
         def launch(activations: list[Activation]) -> None:
@@ -121,29 +131,52 @@ class BaseMux(Streamer):
         launch(policy.start())
         remaining = max_iter
         while remaining is None or remaining > 0:
-            choices = policy.choose(BLOCK if remaining is None else min(BLOCK, remaining))
+            n = BLOCK if remaining is None else min(BLOCK, remaining)
+            if control is not None:
+                n = control.cap(n)
+            choices = policy.choose(n)
             if len(choices) == 0:
                 return
-            exhausted = None
-            delivered = 0
-            for slot in choices.tolist():
-                stream, key = opened[slot]
-                try:
-                    item = next(stream)
-                except StopIteration:
-                    exhausted = slot
-                    break
-                except Exception as exc:
-                    add_note(exc, f"raised in stream {key!r} ({self._child(key)!r}) of {self!r}")
-                    raise
-                delivered += 1
-                yield item
+            delivered, exhausted = yield choices, opened
             if remaining is not None:
                 remaining -= delivered
             for slot in policy.advance(choices[:delivered]):
                 launch(policy.ended(slot))
             if exhausted is not None:
                 launch(policy.ended(exhausted))
+
+    def _drive(self, open_child: OpenChild, max_iter: int | None,
+               control: DriveControl | None = None) -> Iterator[Any]:
+        """Walk the policy row by row, pulling each row from the child stream it chooses."""
+        blocks = self._blocks(open_child, max_iter, control)
+        try:
+            choices, opened = next(blocks)
+            while True:
+                exhausted = None
+                delivered = 0
+                for slot in choices.tolist():
+                    stream, key = opened[slot]
+                    try:
+                        item = next(stream)
+                    except StopIteration:
+                        exhausted = slot
+                        break
+                    except Exception as exc:
+                        add_note(exc, f"raised in stream {key!r} ({self._child(key)!r}) of {self!r}")
+                        raise
+                    delivered += 1
+                    yield item
+                choices, opened = blocks.send((delivered, exhausted))
+        except StopIteration:
+            return
+
+
+class DriveControl:
+    """The pool's handle on a running top-level mux: its policy, and a cap on rows drawn ahead."""
+
+    def __init__(self, cap: Callable[[int], int]) -> None:
+        self.policy: Any = None
+        self.cap = cap
 
 
 def _open_in_process(child: Streamer, budget: int | None) -> Iterator[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,9 @@ class Streamer:
     arguments do).
     """
 
+    replicas = False
+    """Whether a pool runs this stream as one replica per worker (see `replicated`)."""
+
     def __init__(self, streamer: Callable[..., Iterable[Any]] | Iterable[Any], *args: Any, **kwargs: Any) -> None:
         if not (callable(streamer) or isinstance(streamer, Iterable)):
             raise ArgumentError(
@@ -46,6 +50,18 @@ class Streamer:
         parts = [name] + [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         text = ", ".join(parts)
         return f"Streamer({text if len(text) <= 80 else text[:77] + '...'})"
+
+    def replicated(self) -> Streamer:
+        """This stream, marked to run in a pool as one replica per worker.
+
+        Use it for an endless random sampler, or a finite source that reads its own
+        shard through `prefetch.worker_info()` (replica, num_replicas). A pool takes
+        rows from the replicas in turn, a batch's worth at a time, so one stream with
+        expensive samples keeps every worker busy. In process it is the stream itself.
+        """
+        twin = copy.copy(self)
+        twin.replicas = True
+        return twin
 
     def _start(self) -> Iterator[Any]:
         """A fresh iterator over the stream."""

@@ -30,6 +30,14 @@ def _segments() -> set[str]:
     return {p.name for p in SHM.glob(f"{SHM_PREFIX}*")} if SHM.exists() else set()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _resource_tracker():
+    """Start multiprocessing's resource tracker once, so the leak guard does not count it as ours."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
 @pytest.fixture(autouse=True)
 def leak_guard():
     """Fail a test that leaves a child process or a /dev/shm segment of ours behind."""

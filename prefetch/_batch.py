@@ -1,0 +1,71 @@
+"""Batch: the trainer's zero-copy view of one shared-memory slot."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from ._errors import PoolClosedError
+
+
+class Batch(Mapping):
+    """A batch of samples: field -> array (a view over shared memory) or list (object fields).
+
+    The slot behind a batch returns to the pool only when no view of it is left, so an
+    array you keep never changes under you. Keep fewer than `prefetch` batches alive,
+    copy what you keep (`np.array(batch["x"])`), or call `release()` when done early.
+
+    Attributes:
+        size: rows that hold samples (smaller than the arrays' length when padded).
+        index: position of the batch in its epoch.
+        epoch: which epoch (pass over a finite source) the batch belongs to.
+    """
+
+    __slots__ = ("_fields", "_release", "epoch", "index", "size")
+
+    def __init__(self, fields: dict[Any, Any], size: int, index: int, epoch: int,
+                 release: Callable[[], Any]) -> None:
+        self._fields = fields
+        self.size, self.index, self.epoch = size, index, epoch
+        self._release = release
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self._fields[key]
+        except KeyError:
+            if not self._fields:
+                raise PoolClosedError(f"batch {self.index} was released; copy data you want to keep") from None
+            raise
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def release(self) -> None:
+        """Give the slot back now, even if views of it remain (they may then change)."""
+        self._fields = {}
+        self._release()
+
+    def __repr__(self) -> str:
+        parts = []
+        for key, value in self._fields.items():
+            kind = f"{value.dtype}{list(value.shape)}" if isinstance(value, np.ndarray) else f"list[{len(value)}]"
+            parts.append(f"{key!r}: {kind}")
+        return f"Batch(epoch={self.epoch}, index={self.index}, size={self.size}, {{{', '.join(parts)}}})"
+
+
+def slot_views(buffer: Any, offset: int, nbytes: int, on_free: Callable[[], Any]
+               ) -> tuple[np.ndarray, weakref.finalize]:
+    """A fresh array over one slot's bytes, and a finalizer that runs once no view of it is left.
+
+    Every view derived from the returned array keeps it alive (numpy stops collapsing
+    view bases at an array whose base is not an array), so its finalizer is an exact
+    "no view of this delivery remains" signal.
+    """
+    holder = np.frombuffer(buffer, np.uint8, count=nbytes, offset=offset)
+    return holder, weakref.finalize(holder, on_free)

@@ -1,0 +1,554 @@
+"""The mux process: runs the mux policy and the slot table, and moves only small messages.
+
+It walks the top-level mux with the same driver as in-process iteration, but each
+leaf stream it opens is a `RemoteInstance` living in a worker: pulling a row from
+it only counts a sample the worker has made ready, and blocks (while serving other
+messages) until the worker reports more. Rows of a slot are grouped by instance
+into one FILL per worker; the slot is announced READY to the trainer, in order,
+once every worker has filled its rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import traceback
+import weakref
+from collections import Counter, deque
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import _shm
+from ._mux import BLOCK, BaseMux, DriveControl
+from ._streamer import Streamer
+from ._wire import Msg, decode, encode
+
+POLL_MS = 200
+"""Longest wait for a message before the mux process checks that the trainer lives."""
+
+
+class _Stop(Exception):
+    """Unwinds the driver when the trainer asked the mux process to stop."""
+
+
+@dataclass
+class MuxConfig:
+    """What the mux process needs to start; picklable for the spawn start method."""
+
+    source: Streamer
+    leaves: list[Streamer]
+    placement: list[int | None]
+    labels: list[str]
+    num_workers: int
+    batch_size: int
+    slots: int
+    last_batch: str
+    worker_endpoint: str
+    trainer_endpoint: str
+    parent_pid: int
+    seed: int
+    segment: list[Any] | None
+
+
+class RemoteInstance:
+    """The mux-side view of one stream instance that runs in a worker."""
+
+    __slots__ = ("__weakref__", "assigned", "budget", "ended", "iid", "known", "label", "proc", "requested", "worker")
+
+    def __init__(self, proc: MuxProcess, iid: int, worker: int, budget: int | None, label: str) -> None:
+        self.proc, self.iid, self.worker, self.budget, self.label = proc, iid, worker, budget, label
+        self.known = self.assigned = self.requested = 0
+        self.ended = False
+
+    def __iter__(self) -> Iterator[RemoteInstance]:
+        return self
+
+    def __next__(self) -> RemoteInstance:
+        if self.assigned >= self.known:
+            self.proc.await_ready(self)
+            if self.assigned >= self.known:
+                raise StopIteration
+        self.assigned += 1
+        return self
+
+    def ensure(self, need: int) -> int:
+        """Wait until `need` more samples are ready or the instance ended; how many are (at most need)."""
+        if self.known - self.assigned < need and not self.ended:
+            self.proc.want(self, need)
+            while self.known - self.assigned < need and not self.ended:
+                self.proc.pump(POLL_MS)
+        return min(need, self.known - self.assigned)
+
+    def take(self, n: int) -> list[tuple[RemoteInstance, int]]:
+        """Up to n rows at once; fewer only when the instance ends."""
+        if self.assigned >= self.known:
+            self.proc.await_ready(self)
+        k = min(n, self.known - self.assigned)
+        self.assigned += k
+        return [(self, k)] if k else []
+
+    def __del__(self) -> None:
+        self.proc.closed.append((self.worker, self.iid))
+
+
+class ReplicatedInstance:
+    """One stream run as a replica per worker: `block` rows from each live replica in turn."""
+
+    def __init__(self, replicas: list[RemoteInstance], block: int, budget: int | None) -> None:
+        self.replicas, self.block, self.budget = replicas, block, budget
+        self.current = self.in_block = self.count = 0
+
+    def __iter__(self) -> Iterator[RemoteInstance]:
+        return self
+
+    def _rotate(self) -> None:
+        self.in_block = 0
+        self.current = (self.current + 1) % len(self.replicas)
+
+    def ensure(self, need: int) -> int:
+        """As RemoteInstance.ensure, following the rotation over replicas without taking anything."""
+        if self.budget is not None:
+            need = min(need, self.budget - self.count)
+        live, current, in_block = list(self.replicas), self.current, self.in_block
+        counted: dict[int, int] = {}
+        total = 0
+        while need > 0 and live:
+            replica = live[current]
+            ask = min(need, self.block - in_block)
+            before = counted.get(replica.iid, 0)
+            got = replica.ensure(before + ask) - before
+            counted[replica.iid] = before + got
+            total, need, in_block = total + got, need - got, in_block + got
+            if got < ask:
+                del live[current]
+                in_block = 0
+                if live:
+                    current %= len(live)
+            elif in_block >= self.block:
+                in_block = 0
+                current = (current + 1) % len(live)
+        return total
+
+    def take(self, n: int) -> list[tuple[RemoteInstance, int]]:
+        runs: list[tuple[RemoteInstance, int]] = []
+        if self.budget is not None:
+            n = min(n, self.budget - self.count)
+        while n > 0 and self.replicas:
+            replica = self.replicas[self.current]
+            got = replica.take(min(n, self.block - self.in_block))
+            if not got:
+                del self.replicas[self.current]
+                self.in_block = 0
+                if self.replicas:
+                    self.current %= len(self.replicas)
+                continue
+            k = got[0][1]
+            runs.append((replica, k))
+            n -= k
+            self.count += k
+            self.in_block += k
+            if self.in_block >= self.block:
+                self._rotate()
+        return runs
+
+    def __next__(self) -> RemoteInstance:
+        runs = self.take(1)
+        if not runs:
+            raise StopIteration
+        return runs[0][0]
+
+
+@dataclass
+class _Filling:
+    """A slot whose rows are being written by workers."""
+
+    seq: int
+    epoch: int
+    index: int
+    rows: int
+    waiting: set[int]
+    discard: bool
+    objects: dict[int, list[Any]] = field(default_factory=dict)
+
+
+class MuxProcess:
+    def __init__(self, config: MuxConfig, ctx: zmq.Context) -> None:
+        self.config = config
+        self.workers = ctx.socket(zmq.ROUTER)
+        self.trainer = ctx.socket(zmq.PAIR)
+        for sock in (self.workers, self.trainer):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+        self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.workers.bind(config.worker_endpoint)
+        self.trainer.bind(config.trainer_endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.workers, zmq.POLLIN)
+        self.poller.register(self.trainer, zmq.POLLIN)
+        self.leaf_index = {id(leaf): i for i, leaf in enumerate(config.leaves)}
+        self.activations: Counter[int] = Counter()
+        self.dynamic = 0
+        self.next_iid = 0
+        self.instances: weakref.WeakValueDictionary[int, RemoteInstance] = weakref.WeakValueDictionary()
+        self.closed: list[tuple[int, int]] = []
+        self.ahead = 16
+        self.free: deque[int] = deque(range(config.slots))
+        self.filling: dict[int, _Filling] = {}
+        self.done: dict[int, tuple[int, _Filling]] = {}
+        self.unsent_fills: list[tuple[int, list[bytes]]] = []
+        self.segment = config.segment
+        self.described = config.segment is not None
+        self.hello: set[int] = set()
+        self.seq = 0
+        self.next_ready = 0
+        self.epoch = -1
+        self.epoch_index = 0
+        self.epoch_rows = 0
+        self.driver: Any = None
+        self.block: tuple[np.ndarray, dict[int, Any], int] | None = None
+        self.block_pos = 0
+        self.block_sent: tuple[int, int | None] | None = None
+        self.epoch_wanted = True
+        self.failed = False
+        self.stopping = False
+        self.slot_row = 0
+        self.epoch_end_seq = -1
+        self.epoch_batches = 0
+        self.pending_weights: dict[int, list[float]] = {}
+        self.control = DriveControl(self.cap)
+        self.samples: Counter[str] = Counter()
+        self.skipped = 0
+        self.busy: dict[int, float] = {}
+
+    # --- messaging ---------------------------------------------------------------------------------
+
+    def to_worker(self, worker: int, kind: Msg, *fields: Any) -> None:
+        self.workers.send_multipart([b"w%d" % worker, encode(kind, *fields)], copy=False)
+
+    def to_trainer(self, kind: Msg, *fields: Any) -> None:
+        self.trainer.send(encode(kind, *fields), copy=False)
+
+    def pump(self, timeout_ms: int) -> None:
+        """Handle every message that arrives within the timeout; check the trainer lives."""
+        events = dict(self.poller.poll(timeout_ms))
+        if not events and os.getppid() != self.config.parent_pid:
+            self.stopping = True
+        if self.workers in events:
+            while self.workers.poll(0):
+                ident, payload = self.workers.recv_multipart()
+                self.on_worker(int(ident[1:]), *decode(payload))
+        if self.trainer in events:
+            while self.trainer.poll(0):
+                self.on_trainer(*decode(self.trainer.recv()))
+        self.flush_closed()
+        if self.stopping:
+            raise _Stop
+
+    def flush_closed(self) -> None:
+        """Tell workers about dropped instances, never ahead of FILLs still waiting for the segment."""
+        if not self.closed or self.unsent_fills:
+            return
+        while self.closed:
+            worker, iid = self.closed.pop()
+            self.instances.pop(iid, None)
+            if not self.stopping:
+                self.to_worker(worker, Msg.CLOSE, iid)
+        self.update_lookahead()
+
+    def update_lookahead(self) -> None:
+        """Samples a worker keeps ready per open instance: the slots' worth of rows, shared out."""
+        share = self.config.slots * self.config.batch_size // max(1, len(self.instances))
+        self.ahead = max(BLOCK, share)
+
+    def on_worker(self, worker: int, kind: Msg, fields: list[Any]) -> None:
+        if kind is Msg.AVAIL:
+            iid, ready, ended = fields
+            inst = self.instances.get(iid)
+            if inst is not None:
+                inst.known, inst.ended = ready, ended
+        elif kind is Msg.FILLED:
+            slot, objects, busy = fields
+            self.busy[worker] = busy
+            self.on_filled(slot, worker, objects)
+        elif kind is Msg.HELLO:
+            self.hello.add(worker)
+        elif kind is Msg.SCHEMA:
+            self.to_trainer(Msg.SCHEMA, fields[0])
+        elif kind is Msg.SKIPPED:
+            self.skipped += fields[1]
+        elif kind is Msg.ERROR:
+            self.failed = True
+            self.to_trainer(Msg.ERROR, *fields)
+
+    def on_trainer(self, kind: Msg, fields: list[Any]) -> None:
+        if kind is Msg.FREE:
+            self.free.append(fields[0])
+        elif kind is Msg.SEGMENT:
+            self.segment = fields
+            for w in range(self.config.num_workers):
+                self.to_worker(w, Msg.SEGMENT, *fields)
+            for worker, message in self.unsent_fills:
+                self.workers.send_multipart([b"w%d" % worker, message], copy=False)
+            self.unsent_fills = []
+        elif kind is Msg.EPOCH:
+            self.epoch_wanted = True
+        elif kind is Msg.WEIGHTS:
+            at, weights = fields
+            self.pending_weights[at] = weights
+        elif kind is Msg.STATS:
+            self.to_trainer(Msg.STATS, self.stats())
+        elif kind is Msg.STOP:
+            self.stopping = True
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "samples": dict(self.samples),
+            "skipped": self.skipped,
+            "worker_busy_seconds": {str(w): s for w, s in sorted(self.busy.items())},
+            "slots_free": len(self.free),
+            "slots_filling": len(self.filling) + len(self.done),
+            "batches_assigned": self.seq,
+            "epoch": self.epoch,
+        }
+
+    # --- stream instances -------------------------------------------------------------------------
+
+    def open_child(self, child: Streamer, budget: int | None) -> Iterator[Any]:
+        if isinstance(child, BaseMux):
+            return child._drive(self.open_child, budget)
+        return self.open_leaf(child, budget)
+
+    def open_leaf(self, leaf: Streamer, budget: int | None) -> RemoteInstance | ReplicatedInstance:
+        index = self.leaf_index.get(id(leaf))
+        if index is None:
+            key, pickled = len(self.config.leaves) + self.dynamic, leaf
+            workers, label = [self.dynamic % self.config.num_workers], repr(leaf)
+            self.dynamic += 1
+        else:
+            key, pickled, label = index, None, self.config.labels[index]
+            placed = self.config.placement[index]
+            workers = list(range(self.config.num_workers)) if placed is None else [placed]
+        activation = self.activations[key]
+        self.activations[key] += 1
+        replicas = []
+        for replica, worker in enumerate(workers):
+            seed = int(np.random.SeedSequence(self.config.seed, spawn_key=(key, activation, replica))
+                       .generate_state(2, np.uint64)[0] >> np.uint64(1))
+            iid = self.next_iid
+            self.next_iid += 1
+            inst = RemoteInstance(self, iid, worker, budget if len(workers) == 1 else None, label)
+            self.instances[iid] = inst
+            self.update_lookahead()
+            self.to_worker(worker, Msg.OPEN, iid, -1 if index is None else index, replica, len(workers),
+                           budget, seed, self.ahead, pickled)
+            replicas.append(inst)
+        if len(replicas) == 1:
+            return replicas[0]
+        return ReplicatedInstance(replicas, self.config.batch_size, budget)
+
+    def want(self, inst: RemoteInstance, need: int) -> None:
+        """Ask for more than the worker's window when the mux must wait for `need` samples."""
+        target = inst.assigned + need
+        if inst.budget is not None:
+            target = min(target, inst.budget)
+        if target > inst.requested:
+            inst.requested = target
+            self.to_worker(inst.worker, Msg.WANT, inst.iid, target)
+
+    def await_ready(self, inst: RemoteInstance) -> None:
+        inst.ensure(1)
+
+    # --- epochs and slots -------------------------------------------------------------------------
+
+    def cap(self, n: int) -> int:
+        """Rows of choices the driver may draw now: none past the first row of a reweighted batch."""
+        batch_size = self.config.batch_size
+        for at in sorted(self.pending_weights):
+            if at < self.seq or (at == self.seq and self.slot_row == 0):
+                self.source_weights(self.pending_weights.pop(at))
+                continue
+            return max(1, min(n, (at - self.seq) * batch_size - self.slot_row))
+        return n
+
+    def source_weights(self, weights: list[float]) -> None:
+        self.config.source.weights = np.asarray(weights, dtype=float)
+        if self.control.policy is not None:
+            self.control.policy.set_weights(self.config.source.weights)
+
+    def start_epoch(self) -> None:
+        self.epoch += 1
+        self.epoch_index = 0
+        self.epoch_rows = 0
+        source = self.config.source
+        self.block = None
+        self.block_sent = None
+        if not isinstance(source, BaseMux):
+            self.driver = self.open_leaf(source, None)
+        elif isinstance(source.streamers, list) and any(isinstance(c, BaseMux) for c in source.streamers):
+            self.driver = source._drive(self.open_child, None, self.control)
+        else:
+            self.driver = source._blocks(self.open_child, None, self.control)
+
+    def rows(self, n: int) -> list[tuple[RemoteInstance, np.ndarray]]:
+        """The next n rows of the epoch as (instance, row positions); fewer rows when the epoch ends."""
+        driver = self.driver
+        if isinstance(driver, (RemoteInstance, ReplicatedInstance)):
+            parts, filled = [], 0
+            while filled < n:
+                runs = driver.take(n - filled)
+                if not runs:
+                    break
+                for inst, k in runs:
+                    parts.append((inst, np.arange(filled, filled + k)))
+                    filled += k
+            return parts
+        if isinstance(driver, Generator) and driver.gi_code is BaseMux._blocks.__code__:
+            return self.block_rows(n)
+        parts = []
+        for row in range(n):
+            try:
+                inst = next(driver)
+            except StopIteration:
+                break
+            self.slot_row += 1
+            parts.append((inst, np.array([row])))
+        return parts
+
+    def block_rows(self, n: int) -> list[tuple[RemoteInstance, np.ndarray]]:
+        """rows() for a mux of leaf streams: whole blocks of stream choices at a time, with numpy."""
+        parts: list[tuple[RemoteInstance, np.ndarray]] = []
+        filled = 0
+        while filled < n:
+            if self.block is None:
+                try:
+                    step = next(self.driver) if self.block_sent is None else self.driver.send(self.block_sent)
+                except StopIteration:
+                    break
+                self.block, self.block_pos, self.block_sent = (*step, 0), 0, None
+            choices, opened, _ = self.block
+            segment = choices[self.block_pos:self.block_pos + n - filled]
+            needs = np.bincount(segment)
+            cut, exhausted = len(segment), None
+            for j in np.flatnonzero(needs).tolist():
+                need = int(needs[j])
+                have = opened[j][0].ensure(need)
+                if have < need:
+                    at = int(np.flatnonzero(segment == j)[have])
+                    if at < cut:
+                        cut, exhausted = at, j
+            taken = segment[:cut]
+            for j in np.flatnonzero(np.bincount(taken)).tolist():
+                rows = np.flatnonzero(taken == j) + filled
+                start = 0
+                for inst, k in opened[j][0].take(len(rows)):
+                    parts.append((inst, rows[start:start + k]))
+                    start += k
+            filled += cut
+            self.slot_row += cut
+            self.block_pos += cut
+            if exhausted is not None or self.block_pos == len(choices):
+                self.block_sent = (self.block_pos, exhausted)
+                self.block = None
+        return parts
+
+    def assign(self, slot: int) -> bool:
+        """Decide the rows of one slot and send the FILLs; False when the epoch has ended."""
+        batch_size = self.config.batch_size
+        self.slot_row = 0
+        parts = self.rows(batch_size)
+        rows = sum(len(r) for _, r in parts)
+        ended = rows < batch_size
+        if rows == 0:
+            self.free.appendleft(slot)
+            return False
+        if not self.described:
+            self.described = True
+            first = min(parts, key=lambda part: part[1][0])[0]
+            self.to_worker(first.worker, Msg.DESCRIBE, first.iid)
+        per_worker: dict[int, list[list[Any]]] = {}
+        for inst, r in parts:
+            self.samples[inst.label] += len(r)
+            per_worker.setdefault(inst.worker, []).append([inst.iid, r.astype(np.uint32).tobytes()])
+        discard = ended and self.config.last_batch == "drop"
+        self.filling[slot] = _Filling(self.seq, self.epoch, self.epoch_index, rows, set(per_worker), discard)
+        self.seq += 1
+        self.epoch_index += 0 if discard else 1
+        self.epoch_rows += rows
+        for worker, wire in per_worker.items():
+            message = encode(Msg.FILL, slot, wire)
+            if self.segment is None:
+                self.unsent_fills.append((worker, message))
+            else:
+                self.workers.send_multipart([b"w%d" % worker, message], copy=False)
+        return not ended
+
+    def on_filled(self, slot: int, worker: int, objects: dict[int, list[Any]]) -> None:
+        filling = self.filling[slot]
+        filling.waiting.discard(worker)
+        filling.objects.update(objects)
+        if filling.waiting:
+            return
+        del self.filling[slot]
+        self.done[filling.seq] = (slot, filling)
+        while self.next_ready in self.done:
+            slot, f = self.done.pop(self.next_ready)
+            self.next_ready += 1
+            if f.discard:
+                self.free.append(slot)
+            else:
+                objects = [f.objects[r] for r in range(f.rows)] if f.objects else []
+                self.to_trainer(Msg.READY, slot, f.seq, f.epoch, f.index, f.rows, objects)
+            if self.next_ready == self.epoch_end_seq:
+                self.to_trainer(Msg.END, self.epoch, self.epoch_batches)
+
+    def run(self) -> None:
+        while len(self.hello) < self.config.num_workers:
+            self.pump(POLL_MS)
+        if self.segment is not None:
+            for w in range(self.config.num_workers):
+                self.to_worker(w, Msg.SEGMENT, *self.segment)
+        while True:
+            if self.driver is None and self.epoch_wanted and not self.failed:
+                self.epoch_wanted = False
+                self.start_epoch()
+            while self.driver is not None and self.free and not self.failed:
+                if not self.assign(self.free.popleft()):
+                    self.driver = None
+                    self.epoch_end_seq = self.seq
+                    self.epoch_batches = self.epoch_index
+                    if self.next_ready == self.seq:
+                        self.to_trainer(Msg.END, self.epoch, self.epoch_batches)
+                    self.epoch_wanted = self.epoch_rows > 0
+            self.pump(POLL_MS)
+
+
+def mux_main(config: MuxConfig) -> None:
+    """Entry point of the mux process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = zmq.Context()
+    proc = MuxProcess(config, ctx)
+    try:
+        proc.run()
+    except _Stop:
+        pass
+    except Exception as exc:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        with contextlib.suppress(zmq.ZMQError):
+            proc.to_trainer(Msg.ERROR, "internal", f"mux process: {type(exc).__name__}: {exc}", None, -1, tb, None)
+        raise
+    finally:
+        proc.stopping = True
+        for w in proc.hello:
+            with contextlib.suppress(zmq.ZMQError):
+                proc.to_worker(w, Msg.STOP)
+        if os.getppid() != config.parent_pid and proc.segment is not None:
+            _shm.unlink(proc.segment[0])
+        proc.workers.close(0)
+        proc.trainer.close(0)
+        ctx.term()

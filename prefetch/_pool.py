@@ -1,0 +1,493 @@
+"""Pool: the trainer's side of the engine. Starts the processes, owns shared memory, yields batches."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import math
+import multiprocessing
+import os
+import pickle
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import _shm
+from ._batch import Batch, slot_views
+from ._errors import (
+    ArgumentError,
+    DataError,
+    PoolClosedError,
+    PoolTimeoutError,
+    SchemaError,
+    SlotsExhaustedError,
+    WorkerDiedError,
+    WorkerError,
+)
+from ._mux import BLOCK, BaseMux, check_weights
+from ._muxproc import MuxConfig, mux_main
+from ._schema import Schema
+from ._streamer import Streamer
+from ._wire import Msg, decode, encode
+from ._worker import RECONNECT_MS, WorkerConfig, worker_main
+
+POLL_MS = 100
+"""Longest wait for a message before the trainer checks that every process lives."""
+
+JOIN_SECONDS = 2.0
+"""How long close() waits for processes to exit by themselves before terminating them."""
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """A pool's settings, validated once.
+
+    Attributes:
+        batch_size: rows per batch.
+        workers: worker processes.
+        prefetch: shared-memory slots, i.e. batches in flight or held by the trainer.
+        seed: root of every seed in the pool (mux policies, stream activations, replicas).
+        last_batch: "partial" (a shorter last batch), "drop", or "pad" (full size; `batch.size` rows valid).
+        on_error: "raise" (WorkerError in the trainer) or "skip" (drop the sample, count it in stats()).
+        timeout: seconds to wait for one batch before PoolTimeoutError; None waits for ever.
+        start_method: multiprocessing start method of the processes.
+    """
+
+    batch_size: int
+    workers: int
+    prefetch: int
+    seed: int
+    last_batch: str
+    on_error: str
+    timeout: float | None
+    start_method: str
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "workers", "prefetch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ArgumentError(f"Pool: {name} must be an integer >= 1, got {value!r}")
+        if self.batch_size >= 2**32:
+            raise ArgumentError(f"Pool: batch_size must be below 2**32, got {self.batch_size}")
+        if self.last_batch not in ("partial", "drop", "pad"):
+            raise ArgumentError(f"Pool: last_batch must be 'partial', 'drop' or 'pad', got {self.last_batch!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ArgumentError(f"Pool: on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ArgumentError(f"Pool: timeout must be None or a number > 0, got {self.timeout!r}")
+        if self.start_method not in multiprocessing.get_all_start_methods():
+            raise ArgumentError(f"Pool: start_method must be one of {multiprocessing.get_all_start_methods()}, "
+                                f"got {self.start_method!r}")
+
+
+def default_prefetch(workers: Any) -> int:
+    """Slots: enough batches in flight that workers rarely wait on the trainer or on messages."""
+    return max(8, 4 * workers) if isinstance(workers, int) else 1
+
+
+def default_start_method() -> str:
+    """fork on Linux (starts in milliseconds; the pool forks before it creates any thread of its own), else spawn."""
+    return "fork" if sys.platform == "linux" else "spawn"
+
+
+@dataclass
+class _Tree:
+    source: Streamer
+    leaves: list[Streamer]
+    placement: list[int | None]
+    labels: list[str]
+
+
+def _prepare(source: Streamer, seed: int, workers: int) -> _Tree:
+    """Copy the mux tree, seed its unseeded muxes from the pool seed, and place its leaves on workers."""
+    leaves: list[Streamer] = []
+    seen: dict[int, int] = {}
+
+    def rebuild(node: Streamer, path: tuple[int, ...]) -> Streamer:
+        if isinstance(node, BaseMux):
+            twin = copy.copy(node)
+            if node.random_state is None:
+                twin.random_state = int(np.random.SeedSequence(seed, spawn_key=(2**31, *path)).generate_state(1)[0])
+            if isinstance(node.streamers, list):
+                twin.streamers = [rebuild(child, (*path, i)) for i, child in enumerate(node.streamers)]
+            return twin
+        if id(node) not in seen:
+            seen[id(node)] = len(leaves)
+            leaves.append(node)
+        return node
+
+    tree = rebuild(source, ())
+    placement: list[int | None] = []
+    spread = 0
+    for leaf in leaves:
+        if leaf.replicas:
+            placement.append(None)
+        else:
+            placement.append(spread % workers)
+            spread += 1
+    names = [repr(leaf) for leaf in leaves]
+    labels = [name if names.count(name) == 1 else f"{name}#{i}" for i, name in enumerate(names)]
+    return _Tree(tree, leaves, placement, labels)
+
+
+def _check_picklable(method: str, tree: _Tree, transform: Any) -> None:
+    if method == "fork":
+        return
+    named = [(f"stream {label}", leaf) for label, leaf in zip(tree.labels, tree.leaves, strict=True)]
+    named.append(("the source", tree.source))
+    if transform is not None:
+        named.append((f"transform {transform!r}", transform))
+    for what, obj in named:
+        try:
+            pickle.dumps(obj)
+        except Exception as exc:
+            raise ArgumentError(
+                f"Pool: {what} cannot be pickled, which the {method!r} start method needs to send it to the "
+                f"worker processes ({type(exc).__name__}: {exc}). Define functions at module level, or use "
+                "start_method='fork' on Linux."
+            ) from exc
+
+
+class _Resources:
+    """Everything a pool must release, kept apart from the Pool so a finalizer can release it."""
+
+    def __init__(self) -> None:
+        self.processes: list[tuple[str, Any]] = []
+        self.ctx: zmq.Context | None = None
+        self.sock: zmq.Socket | None = None
+        self.shm: Any = None
+        self.ipc_dir: str | None = None
+
+    def shutdown(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.sock.send(encode(Msg.STOP), zmq.NOBLOCK)
+        deadline = time.monotonic() + JOIN_SECONDS
+        for _, proc in self.processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for _, proc in self.processes:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        for _, proc in self.processes:
+            with contextlib.suppress(ValueError):
+                proc.close()
+        self.processes = []
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        if self.shm is not None:
+            self.shm.unlink()
+            self.shm = None
+        if self.ipc_dir is not None:
+            shutil.rmtree(self.ipc_dir, ignore_errors=True)
+            self.ipc_dir = None
+
+
+class Pool:
+    """Prefetch batches from a stream or mux with worker processes and shared memory.
+
+    The top-level mux policy runs in a mux process, the leaf streams run in worker
+    processes (each stream in one worker, spread over workers; a `replicated()` stream
+    in every worker), and each sample is written once, by a worker, into a row of a
+    shared-memory slot. Iterating the pool yields `Batch` objects whose arrays are
+    views over those slots. Close it (or use it as a context manager) to stop the
+    processes and unlink the shared memory; exit and garbage collection close it too.
+    """
+
+    def __init__(self, source: Any, *, batch_size: int, workers: int | None = None, prefetch: int | None = None,
+                 seed: int | None = None, transform: Callable[[Any], Any] | None = None, schema: Any = None,
+                 last_batch: str = "partial", on_error: str = "raise", timeout: float | None = None,
+                 start_method: str | None = None) -> None:
+        self._res = _Resources()
+        self._closed = True
+        if not isinstance(source, Streamer):
+            raise ArgumentError(f"Pool: source must be a prefetch.Streamer or a mux, got {type(source).__name__}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ArgumentError(f"Pool: seed must be None or an integer >= 0, got {seed!r}")
+        if transform is not None and not callable(transform):
+            raise ArgumentError(f"Pool: transform must be callable, got {transform!r}")
+        n_workers = workers if workers is not None else (os.cpu_count() or 1)
+        options = PoolOptions(
+            batch_size=batch_size, workers=n_workers,
+            prefetch=prefetch if prefetch is not None else default_prefetch(n_workers),
+            seed=secrets.randbits(63) if seed is None else seed, last_batch=last_batch, on_error=on_error,
+            timeout=timeout, start_method=start_method or default_start_method(),
+        )
+        self.options = options
+        self._schema = Schema.coerce(schema) if schema is not None else None
+        tree = _prepare(source, options.seed, options.workers)
+        _check_picklable(options.start_method, tree, transform)
+        self._source = tree.source
+        _shm.sweep()
+        self._start(tree, transform)
+        self._closed = False
+        self._finalizer = weakref.finalize(self, self._res.shutdown)
+
+    # --- start-up ---------------------------------------------------------------------------------
+
+    def _start(self, tree: _Tree, transform: Any) -> None:
+        opts, res = self.options, self._res
+        res.ipc_dir = tempfile.mkdtemp(prefix="prefetch-")
+        worker_endpoint = f"ipc://{res.ipc_dir}/w"
+        trainer_endpoint = f"ipc://{res.ipc_dir}/t"
+        self._slot_arrays: list[tuple[int, int, Any]] = []
+        self._layout: tuple[list[int], int] | None = None
+        segment = self._create_segment(self._schema) if self._schema is not None else None
+        mp = multiprocessing.get_context(opts.start_method)
+        me = os.getpid()
+        mux = MuxConfig(tree.source, tree.leaves, tree.placement, tree.labels, opts.workers, opts.batch_size,
+                        opts.prefetch, opts.last_batch, worker_endpoint, trainer_endpoint, me, opts.seed, segment)
+        try:
+            with warnings.catch_warnings():
+                # Python >= 3.12 warns on fork whenever native threads exist (numpy's BLAS pool has them);
+                # our children never use state those threads hold, and fork is the method asked for.
+                warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+                proc = mp.Process(target=mux_main, args=(mux,), name="prefetch-mux", daemon=True)
+                proc.start()
+                res.processes.append(("mux process", proc))
+                for w in range(opts.workers):
+                    config = WorkerConfig(w, opts.workers, worker_endpoint, tree.leaves, transform, opts.on_error, me)
+                    proc = mp.Process(target=worker_main, args=(config,), name=f"prefetch-worker-{w}", daemon=True)
+                    proc.start()
+                    res.processes.append((f"worker {w}", proc))
+        except Exception:
+            res.shutdown()
+            raise
+        res.ctx = zmq.Context()
+        res.sock = res.ctx.socket(zmq.PAIR)
+        res.sock.setsockopt(zmq.LINGER, 0)
+        res.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+        res.sock.connect(trainer_endpoint)
+        self._frees: deque[int] = deque()
+        self._inbox: deque[tuple[Msg, list[Any]]] = deque()
+        self._held = 0
+        self._last_seq = -1
+        self._delivered = 0
+        self._epoch_batches: int | None = None
+        self._wait = 0.0
+        self._first_next: float | None = None
+        self._started = time.perf_counter()
+
+    def _create_segment(self, schema: Schema) -> list[Any]:
+        opts = self.options
+        offsets, slot_bytes = schema.layout(opts.batch_size)
+        name = _shm.new_name()
+        self._res.shm = _shm.Segment(name, slot_bytes * opts.prefetch)
+        self._schema = schema
+        self._layout = (offsets, slot_bytes)
+        return [name, schema.to_wire(), offsets, slot_bytes, opts.prefetch, opts.batch_size]
+
+    # --- messages ---------------------------------------------------------------------------------
+
+    def _flush_frees(self) -> None:
+        sock = self._res.sock
+        while self._frees:
+            self._held -= 1
+            sock.send(encode(Msg.FREE, self._frees.popleft()))
+
+    def _receive(self) -> tuple[Msg, list[Any]]:
+        """The next READY or END (or STATS reply), raising for errors, dead processes and timeouts."""
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        if self._inbox:
+            return self._inbox.popleft()
+        sock = self._res.sock
+        deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
+        while True:
+            self._flush_frees()
+            if self._held >= self.options.prefetch:
+                gc.collect()
+                self._flush_frees()
+                if self._held >= self.options.prefetch:
+                    raise SlotsExhaustedError(
+                        f"the trainer holds all {self.options.prefetch} shared-memory slots (batches or views of "
+                        "them are still alive), so no batch can be filled; copy the arrays you keep "
+                        "(np.array(batch['x'])), call batch.release(), or raise Pool(prefetch=...)"
+                    )
+            if sock.poll(POLL_MS):
+                kind, fields = decode(sock.recv())
+                if kind is Msg.SCHEMA:
+                    sock.send(encode(Msg.SEGMENT, *self._create_segment(Schema.from_wire(fields[0]))))
+                    continue
+                if kind is Msg.ERROR:
+                    self._fail(*fields)
+                return kind, fields
+            self._check_processes()
+            if deadline is not None and time.monotonic() > deadline:
+                self.close()
+                raise PoolTimeoutError(f"no batch arrived within timeout={self.options.timeout} s")
+
+    def _check_processes(self) -> None:
+        for name, proc in self._res.processes:
+            code = proc.exitcode
+            if code is not None:
+                self.close()
+                raise WorkerDiedError(name, code)
+
+    def _fail(self, kind: str, message: str, stream: str | None, worker: int, tb: str, pickled: Any) -> None:
+        self.close()
+        if kind == "schema":
+            raise (SchemaError if "schema" in message or "field" in message else DataError)(message)
+        original = None
+        if pickled is not None:
+            with contextlib.suppress(Exception):
+                original = pickle.loads(pickled)
+        raise WorkerError(message, stream, worker, tb, original) from original
+
+    # --- iteration --------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Batches of the current epoch; if the last epoch ended, of the next one.
+
+        Leaving the loop early and iterating again continues where you left off. An
+        error such as SlotsExhaustedError leaves the iterator usable once you act on it.
+        """
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        if self._epoch_batches == 0:
+            self._res.sock.send(encode(Msg.EPOCH))
+        self._epoch_batches = None
+        return _Epoch(self)
+
+    def _next_batch(self) -> Batch | None:
+        """The next batch of the epoch, or None at its end."""
+        start = time.perf_counter()
+        if self._first_next is None:
+            self._first_next = start
+        kind, fields = self._receive()
+        while kind is Msg.STATS:
+            kind, fields = self._receive()
+        self._wait += time.perf_counter() - start
+        if kind is Msg.END:
+            self._epoch_batches = fields[1]
+            return None
+        return self._batch(*fields)
+
+    def _batch(self, slot: int, seq: int, epoch: int, index: int, rows: int, objects: list[list[Any]]) -> Batch:
+        offsets, slot_bytes = self._layout
+        holder, finalizer = slot_views(self._res.shm.mapping, slot * slot_bytes, slot_bytes,
+                                       lambda: self._frees.append(slot))
+        self._held += 1
+        self._last_seq = seq
+        self._delivered += 1
+        pad = self.options.last_batch == "pad"
+        length = self.options.batch_size if pad else rows
+        fields: dict[Any, Any] = {}
+        object_index = 0
+        for f, off in zip(self._schema.fields, offsets, strict=True):
+            if f.is_array:
+                nbytes = self.options.batch_size * f.dtype.itemsize * math.prod(f.shape)
+                array = holder[off:off + nbytes].view(f.dtype).reshape(self.options.batch_size, *f.shape)
+                if pad and rows < length:
+                    array[rows:] = 0
+                fields[f.key] = array[:length]
+            else:
+                values = [row[object_index] for row in objects]
+                fields[f.key] = values + [None] * (length - rows)
+                object_index += 1
+        return Batch(fields, rows, index, epoch, finalizer)
+
+    # --- control ----------------------------------------------------------------------------------
+
+    def set_weights(self, weights: Any) -> int:
+        """Reweight the top-level mux; returns how many more batches come with the old weights.
+
+        The change starts at an exact batch, the same from run to run, a few batches
+        ahead of the trainer (the ones already being filled keep the old weights).
+        """
+        source = self._source
+        if not isinstance(getattr(source, "weights", None), np.ndarray) or not isinstance(source, BaseMux):
+            raise ArgumentError(f"Pool.set_weights: the source {source!r} is not a weighted mux")
+        w = check_weights(weights, source.n_streams, "Pool.set_weights")
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        ahead = self.options.prefetch + math.ceil(BLOCK / self.options.batch_size)
+        at = self._last_seq + 1 + ahead
+        self._res.sock.send(encode(Msg.WEIGHTS, at, w.tolist()))
+        return ahead
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: samples per stream, batches, worker busy and trainer wait fractions, slots by state."""
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        self._res.sock.send(encode(Msg.STATS))
+        pending = []
+        while True:
+            kind, fields = self._receive()
+            if kind is Msg.STATS:
+                break
+            pending.append((kind, fields))
+        self._inbox.extend(pending)
+        mux = fields[0]
+        elapsed = time.perf_counter() - self._started
+        iterating = time.perf_counter() - self._first_next if self._first_next is not None else 0.0
+        return {
+            "batches": self._delivered,
+            "samples": mux["samples"],
+            "skipped": mux["skipped"],
+            "worker_busy_fraction": {int(w): s / elapsed for w, s in mux["worker_busy_seconds"].items()},
+            "trainer_wait_fraction": self._wait / iterating if iterating > 0 else 0.0,
+            "slots": {
+                "free": mux["slots_free"],
+                "filling": mux["slots_filling"],
+                "ready": max(0, self.options.prefetch - mux["slots_free"] - mux["slots_filling"] - self._held),
+                "held": self._held,
+            },
+            "epoch": mux["epoch"],
+            "seed": self.options.seed,
+        }
+
+    def close(self) -> None:
+        """Stop every process and unlink the shared memory; safe to call twice."""
+        self._closed = True
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+        else:
+            self._res.shutdown()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Pool({self._source!r}, batch_size={self.options.batch_size}, workers={self.options.workers}, {state})"
+
+
+class _Epoch:
+    """The iterator over one epoch of a pool; exceptions do not end it (unlike a generator)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.ended = False
+
+    def __iter__(self) -> _Epoch:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.ended:
+            raise StopIteration
+        batch = self.pool._next_batch()
+        if batch is None:
+            self.ended = True
+            raise StopIteration
+        return batch

@@ -1,0 +1,276 @@
+"""The worker process: runs stream instances and writes their samples into shared-memory rows.
+
+The mux process tells a worker which instances to open (OPEN), how many samples of
+each to make ready ahead of need (WANT), and which ready samples go to which rows of
+which slot (FILL). Production is chunked and interleaved with message handling, so a
+FILL never waits long behind read-ahead work. Around each chunk the worker swaps in
+the instance's own `random` and `numpy.random` state and its `worker_info()`, so an
+instance yields the same samples whatever the timing and whatever else the worker runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import _shm
+from ._errors import DataError, PrefetchError
+from ._schema import RowWriter, Schema, infer
+from ._streamer import Streamer
+from ._wire import Msg, decode, encode
+from ._worker_info import WorkerInfo, set_worker_info
+
+CHUNK_SECONDS = 0.002
+"""Longest stretch of sample production between two looks at incoming messages."""
+
+RECONNECT_MS = 2
+"""Retry interval of a connect that raced the mux process's bind (zmq's default is 100 ms)."""
+
+PARENT_CHECK_MS = 500
+"""How often an idle worker checks that its parent (the trainer) is still alive."""
+
+
+@dataclass
+class WorkerConfig:
+    """What a worker needs to start; picklable for the spawn start method."""
+
+    worker_id: int
+    num_workers: int
+    endpoint: str
+    leaves: list[Streamer]
+    transform: Callable[[Any], Any] | None
+    on_error: str
+    parent_pid: int
+
+
+@dataclass
+class _Instance:
+    """One running activation of a stream: its generator, ready samples and RNG states."""
+
+    iid: int
+    name: str
+    info: WorkerInfo
+    iterator: Iterator[Any]
+    budget: int | None
+    window: int
+    ready: deque = field(default_factory=deque)
+    produced: int = 0
+    wanted: int = 0
+    ended: bool = False
+    np_state: Any = None
+    py_state: Any = None
+
+
+class _Worker:
+    def __init__(self, config: WorkerConfig, sock: zmq.Socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.instances: dict[int, _Instance] = {}
+        self.queue: deque[int] = deque()
+        self.writer: RowWriter | None = None
+        self.slot_arrays: list[list[np.ndarray | None]] = []
+        self.mapping: Any = None
+        self.busy = 0.0
+        self.running = True
+
+    def send(self, kind: Msg, *fields: Any) -> None:
+        self.sock.send(encode(kind, *fields), copy=False)
+
+    def run(self) -> None:
+        self.send(Msg.HELLO, self.config.worker_id)
+        while self.running:
+            idle = not self.queue
+            if self.sock.poll(PARENT_CHECK_MS if idle else 0):
+                while self.running and self.sock.poll(0):
+                    kind, fields = decode(self.sock.recv())
+                    try:
+                        self.handle(kind, fields)
+                    except DataError as exc:
+                        self.fail("schema", exc, None, f"worker {self.config.worker_id}")
+                    except Exception as exc:
+                        self.fail("internal", exc, None, f"worker {self.config.worker_id} handling {kind.name}")
+            elif idle:
+                if os.getppid() != self.config.parent_pid:
+                    return
+            else:
+                self.produce(self.queue[0])
+
+    def handle(self, kind: Msg, fields: list[Any]) -> None:
+        if kind is Msg.FILL:
+            self.fill(*fields)
+        elif kind is Msg.WANT:
+            iid, total = fields
+            inst = self.instances.get(iid)
+            if inst is not None:
+                inst.wanted = max(inst.wanted, total)
+                self.schedule(inst)
+        elif kind is Msg.OPEN:
+            self.open(*fields)
+        elif kind is Msg.CLOSE:
+            self.instances.pop(fields[0], None)
+        elif kind is Msg.DESCRIBE:
+            inst = self.instances[fields[0]]
+            self.send(Msg.SCHEMA, infer(inst.ready[0], f"stream {inst.name}").to_wire())
+        elif kind is Msg.SEGMENT:
+            self.attach(*fields)
+        elif kind is Msg.STOP:
+            self.running = False
+
+    def schedule(self, inst: _Instance) -> None:
+        """Queue the instance for production if it has fewer than its window of samples ready."""
+        consumed = inst.produced - len(inst.ready)
+        target = max(inst.wanted, consumed + inst.window)
+        if inst.budget is not None:
+            target = min(target, inst.budget)
+        inst.wanted = target
+        if not inst.ended and inst.produced < target and inst.iid not in self.queue:
+            self.queue.append(inst.iid)
+
+    def open(self, iid: int, leaf: int, replica: int, num_replicas: int, budget: int | None, seed: int,
+             window: int, pickled: Any) -> None:
+        streamer = pickled if pickled is not None else self.config.leaves[leaf]
+        info = WorkerInfo(self.config.worker_id, self.config.num_workers, replica, num_replicas, seed)
+        inst = _Instance(iid, repr(streamer), info, iter(()), budget, window)
+        inst.iterator = streamer._iterate(budget)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        inst.np_state, inst.py_state = np.random.get_state(), random.getstate()
+        self.instances[iid] = inst
+        self.schedule(inst)
+
+    def produce(self, iid: int) -> None:
+        """Make ready up to a chunk of the instance's wanted samples, then report."""
+        inst = self.instances.get(iid)
+        if inst is None or inst.ended or inst.produced >= inst.wanted:
+            self.queue.popleft()
+            return
+        start = time.perf_counter()
+        np.random.set_state(inst.np_state)
+        random.setstate(inst.py_state)
+        set_worker_info(inst.info)
+        skipped = 0
+        transform = self.config.transform
+        try:
+            while inst.produced < inst.wanted:
+                try:
+                    sample = next(inst.iterator)
+                except StopIteration:
+                    inst.ended = True
+                    break
+                except Exception:
+                    if self.config.on_error != "skip":
+                        raise
+                    inst.ended = True
+                    skipped += 1
+                    break
+                if transform is not None:
+                    try:
+                        sample = transform(sample)
+                    except Exception:
+                        if self.config.on_error != "skip":
+                            raise
+                        skipped += 1
+                        continue
+                inst.ready.append(sample)
+                inst.produced += 1
+                if time.perf_counter() - start > CHUNK_SECONDS:
+                    break
+        except Exception as exc:
+            self.fail("user", exc, inst, f"sample {inst.produced} of stream {inst.name}")
+            return
+        finally:
+            inst.np_state, inst.py_state = np.random.get_state(), random.getstate()
+            set_worker_info(None)
+            self.busy += time.perf_counter() - start
+        if skipped:
+            self.send(Msg.SKIPPED, iid, skipped)
+        if inst.ended or inst.produced >= inst.wanted:
+            self.queue.popleft()
+        self.send(Msg.AVAIL, iid, inst.produced, inst.ended)
+
+    def fail(self, kind: str, exc: BaseException, inst: _Instance | None, where: str) -> None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            pickled = pickle.dumps(exc)
+        except Exception:
+            pickled = None
+        self.send(Msg.ERROR, kind, f"{where}: {type(exc).__name__}: {exc}",
+                  inst.name if inst else None, self.config.worker_id, tb, pickled)
+        self.queue.clear()
+
+    def attach(self, name: str, schema_wire: list[Any], offsets: list[int], slot_bytes: int,
+               slots: int, batch_size: int) -> None:
+        schema = Schema.from_wire(schema_wire)
+        self.writer = RowWriter(schema)
+        self.mapping = _shm.attach(name)
+        self.slot_arrays = []
+        for s in range(slots):
+            arrays: list[np.ndarray | None] = []
+            for f, off in zip(schema.fields, offsets, strict=True):
+                if not f.is_array:
+                    arrays.append(None)
+                    continue
+                count = batch_size * int(np.prod(f.shape, dtype=np.int64))
+                flat = np.frombuffer(self.mapping, f.dtype, count=count, offset=s * slot_bytes + off)
+                arrays.append(flat.reshape(batch_size, *f.shape))
+            self.slot_arrays.append(arrays)
+
+    def fill(self, slot: int, parts: list[list[Any]]) -> None:
+        start = time.perf_counter()
+        arrays = self.slot_arrays[slot]
+        writer = self.writer
+        objects: dict[int, list[Any]] = {}
+        keep = bool(writer.object_fields)
+        inst = None
+        try:
+            for iid, rows in parts:
+                inst = self.instances[iid]
+                where = f"stream {inst.name}"
+                ready = inst.ready
+                for row in np.frombuffer(rows, np.uint32).tolist():
+                    values = writer.write(ready.popleft(), row, arrays, where)
+                    if keep:
+                        objects[row] = values
+                self.schedule(inst)
+        except (DataError, PrefetchError) as exc:
+            self.fail("schema", exc, inst, f"worker {self.config.worker_id}")
+            return
+        self.busy += time.perf_counter() - start
+        self.send(Msg.FILLED, slot, objects, self.busy)
+
+    def close(self) -> None:
+        self.slot_arrays = []
+        self.writer = None
+        if self.mapping is not None:
+            with contextlib.suppress(BufferError):
+                self.mapping.close()
+
+
+def worker_main(config: WorkerConfig) -> None:
+    """Entry point of a worker process."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, b"w%d" % config.worker_id)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+    sock.connect(config.endpoint)
+    worker = _Worker(config, sock)
+    try:
+        worker.run()
+    finally:
+        worker.close()
+        sock.close(0)
+        ctx.term()

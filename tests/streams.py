@@ -1,0 +1,85 @@
+"""Module-level streams for pool tests (the spawn start method pickles them by name)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import numpy as np
+
+import prefetch
+
+
+def numbered(tag, n, width=4):
+    """n samples: x holds (tag, i) repeated, y is i."""
+    for i in range(n):
+        yield {"x": np.full(width, tag * 1_000_000 + i, np.int64), "y": np.int64(i), "tag": np.int64(tag)}
+
+
+def endless(tag, width=4):
+    for i in itertools.count():
+        yield {"x": np.full(width, tag * 1_000_000 + i, np.int64), "y": np.int64(i), "tag": np.int64(tag)}
+
+
+def global_random(tag):
+    """Uses numpy's and Python's global RNGs, which the pool reseeds per stream instance."""
+    import random
+
+    while True:
+        yield {"a": np.random.random(), "b": np.float64(random.random()), "tag": np.int64(tag)}
+
+
+def sharded(n):
+    """A finite source that reads its own shard through worker_info()."""
+    info = prefetch.worker_info()
+    for i in range(info.replica, n, info.num_replicas):
+        yield {"y": np.int64(i), "replica": np.int64(info.replica), "seed": np.int64(info.seed % 2**62)}
+
+
+def with_objects(n):
+    for i in range(n):
+        yield {"x": np.float32(i), "name": f"item-{i}", "raw": bytes([i % 256])}
+
+
+def pairs(n):
+    for i in range(n):
+        yield (np.full((2, 3), i, np.float32), np.int64(i))
+
+
+def pid_stream(n):
+    for i in range(n):
+        yield {"y": np.int64(i), "pid": np.int64(os.getpid())}
+
+
+def bad_shape_at(n, bad):
+    for i in range(n):
+        yield {"x": np.zeros(3 if i != bad else 4, np.float32)}
+
+
+def raises_at(n, bad):
+    for i in range(n):
+        if i == bad:
+            raise ValueError(f"corrupt record {i}")
+        yield {"y": np.int64(i)}
+
+
+def slow(n, seconds):
+    for i in range(n):
+        time.sleep(seconds)
+        yield {"y": np.int64(i)}
+
+
+def fail_odd(sample):
+    if sample["y"] % 2:
+        raise RuntimeError("odd sample")
+    return sample
+
+
+def add_pid(sample):
+    return {**sample, "pid": np.int64(os.getpid())}
+
+
+def not_a_sample(n):
+    for i in range(n):
+        yield [i]

@@ -1,0 +1,401 @@
+"""prefetch.Pool end to end: real worker processes, ZeroMQ sockets and shared memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import prefetch
+from prefetch import (
+    ArgumentError,
+    ChainMux,
+    Pool,
+    PoolClosedError,
+    SchemaError,
+    SlotsExhaustedError,
+    StochasticMux,
+    Streamer,
+    WorkerDiedError,
+    WorkerError,
+)
+
+from . import streams
+
+
+def ys(pool):
+    return [int(y) for batch in pool for y in batch["y"]]
+
+
+def keys(pool, limit=None):
+    out = []
+    for batch in pool:
+        out.extend(batch["x"][:, 0].tolist())
+        if limit is not None and len(out) >= limit:
+            break
+    return out[:limit] if limit else out
+
+
+# --- delivery ---------------------------------------------------------------------------------------
+
+
+def test_finite_stream_yields_every_sample_once_in_order():
+    with Pool(Streamer(streams.numbered, 0, 1000), batch_size=64, workers=2) as pool:
+        assert ys(pool) == list(range(1000))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_streams_spread_over_workers_produce_each_sample_exactly_once(workers):
+    mux = StochasticMux([Streamer(streams.numbered, t, 300) for t in range(5)], n_active=2, rate=None,
+                        mode="exhaustive", random_state=1)
+    with Pool(mux, batch_size=50, workers=workers) as pool:
+        got = keys(pool)
+    assert sorted(got) == sorted(t * 1_000_000 + i for t in range(5) for i in range(300))
+
+
+def test_pool_follows_the_same_sequence_as_the_mux_in_process():
+    """A seeded mux gives the same rows through the pool, whatever the worker count."""
+
+    def make():
+        return StochasticMux([Streamer(streams.numbered, t, 50 * t + 7) for t in range(4)], n_active=2, rate=None,
+                             weights=[1, 2, 3, 4], mode="exhaustive", random_state=42)
+
+    expected = [int(s["x"][0]) for s in make()]
+    for workers in (1, 2):
+        with Pool(make(), batch_size=32, workers=workers) as pool:
+            assert keys(pool) == expected
+
+
+def test_same_seed_same_batches_and_another_seed_differs():
+    def run(seed):
+        mux = StochasticMux([Streamer(streams.global_random, t) for t in range(3)], n_active=2, rate=4)
+        with Pool(mux, batch_size=32, workers=2, seed=seed) as pool:
+            out = []
+            for batch in pool:
+                out.append(np.column_stack([batch["a"], batch["b"], batch["tag"]]).copy())
+                if len(out) == 20:
+                    return np.concatenate(out)
+
+    first = run(7)
+    np.testing.assert_array_equal(first, run(7))
+    assert not np.array_equal(first, run(8))
+
+
+def test_weights_hold_through_the_pool():
+    """100,000 rows: sd of a share near 0.5 is ~0.0016; the bound 0.01 is ~6 sd."""
+    mux = StochasticMux([Streamer(streams.endless, t).replicated() for t in range(3)], n_active=3, rate=None,
+                        weights=[0.5, 0.3, 0.2], random_state=3)
+    counts = np.zeros(3)
+    with Pool(mux, batch_size=250, workers=2) as pool:
+        for i, batch in enumerate(pool):
+            counts += np.bincount(batch["tag"], minlength=3)
+            if i == 399:
+                break
+    np.testing.assert_allclose(counts / counts.sum(), [0.5, 0.3, 0.2], atol=0.01)
+
+
+def test_nested_muxes_and_generated_streamers_run_in_workers():
+    def make():
+        inner = StochasticMux([Streamer(streams.numbered, t, 50) for t in range(2)], n_active=1, rate=7,
+                              mode="exhaustive", random_state=5)
+        return ChainMux([inner, Streamer(streams.numbered, 9, 30)])
+
+    expected = [int(s["x"][0]) for s in make()]
+    with Pool(make(), batch_size=16, workers=2) as pool:
+        assert keys(pool) == expected
+
+
+# --- zero copy and slot lifetime ----------------------------------------------------------------------
+
+
+def test_batch_arrays_are_views_over_the_shared_segment():
+    with Pool(Streamer(streams.endless, 1, 256), batch_size=8, workers=1) as pool:
+        batch = next(iter(pool))
+        segment = np.frombuffer(pool._res.shm.mapping, np.uint8)
+        lo = segment.ctypes.data
+        hi = lo + segment.nbytes
+        for array in (batch["x"], batch["y"]):
+            assert not array.flags.owndata
+            assert lo <= array.ctypes.data < hi
+            assert array.ctypes.data + array.nbytes <= hi
+        assert os.path.exists(f"/dev/shm/{pool._res.shm.name}")
+        del segment
+
+
+def test_a_kept_view_never_changes_while_iteration_goes_on():
+    with Pool(Streamer(streams.endless, 2), batch_size=16, workers=2, prefetch=3) as pool:
+        it = iter(pool)
+        kept = next(it)["x"][3:9]
+        snapshot = kept.copy()
+        for _, _batch in zip(range(60), it, strict=False):
+            pass
+        np.testing.assert_array_equal(kept, snapshot)
+        assert pool.stats()["slots"]["held"] >= 1
+
+
+def test_holding_every_slot_raises_instead_of_hanging():
+    with Pool(Streamer(streams.endless, 0), batch_size=4, workers=1, prefetch=2) as pool:
+        it = iter(pool)
+        held = [next(it), next(it)]
+        with pytest.raises(SlotsExhaustedError, match="holds all 2 shared-memory slots"):
+            next(it)
+        held[0].release()
+        assert next(it).size == 4
+
+
+def test_release_returns_the_slot_even_with_views_alive():
+    with Pool(Streamer(streams.endless, 0), batch_size=4, workers=1, prefetch=2) as pool:
+        it = iter(pool)
+        for _ in range(10):
+            batch = next(it)
+            view = batch["x"]
+            batch.release()
+            with pytest.raises(PoolClosedError, match="released"):
+                batch["x"]
+        assert view.shape == (4, 4)
+
+
+def test_views_stay_readable_after_close():
+    pool = Pool(Streamer(streams.numbered, 0, 10), batch_size=10, workers=1)
+    batch = next(iter(pool))
+    pool.close()
+    assert batch["y"].tolist() == list(range(10))
+    assert not any(name.startswith("prefetch_") for name in os.listdir("/dev/shm"))
+
+
+# --- epochs and last_batch ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("last_batch", "sizes"), [("partial", [64] * 15 + [40]), ("drop", [64] * 15),
+                                                   ("pad", [64] * 15 + [40])])
+def test_last_batch_modes_and_epochs(last_batch, sizes):
+    with Pool(Streamer(streams.numbered, 0, 1000), batch_size=64, workers=2, last_batch=last_batch) as pool:
+        for epoch in range(2):
+            seen = [(b.size, b.index, b.epoch, len(b["y"]), b["y"][40:].tolist()) for b in pool]
+            assert [s[0] for s in seen] == sizes
+            assert [s[1] for s in seen] == list(range(len(sizes)))
+            assert {s[2] for s in seen} == {epoch}
+            if last_batch == "pad":
+                assert seen[-1][3:] == (64, [0] * 24)
+            elif last_batch == "partial":
+                assert seen[-1][3:] == (40, [])
+
+
+def test_breaking_out_and_iterating_again_continues_the_epoch():
+    with Pool(Streamer(streams.numbered, 0, 100), batch_size=10, workers=1) as pool:
+        first = []
+        for batch in pool:
+            first.extend(batch["y"].tolist())
+            if len(first) == 30:
+                break
+        rest = ys(pool)
+    assert first + rest == list(range(100))
+
+
+def test_an_empty_source_gives_empty_epochs():
+    with Pool(Streamer(streams.numbered, 0, 0), batch_size=8, workers=1, schema={"y": ("int64", ())}) as pool:
+        assert list(pool) == []
+        assert list(pool) == []
+
+
+# --- schema, object fields, tuples ----------------------------------------------------------------------
+
+
+def test_object_fields_travel_beside_the_batch():
+    with Pool(Streamer(streams.with_objects, 20), batch_size=8, workers=2, last_batch="pad") as pool:
+        batches = [(b["name"], b["raw"], b["x"].dtype) for b in pool]
+    assert batches[0][0] == [f"item-{i}" for i in range(8)]
+    assert batches[0][1][3] == bytes([3])
+    assert batches[0][2] == np.float32
+    assert batches[-1][0] == [f"item-{i}" for i in range(16, 20)] + [None] * 4
+
+
+def test_tuple_samples_are_indexed_by_position():
+    with Pool(Streamer(streams.pairs, 10), batch_size=5, workers=1) as pool:
+        batch = next(iter(pool))
+        assert batch[0].shape == (5, 2, 3)
+        assert batch[1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_schema_mismatch_names_stream_field_expected_and_actual():
+    with Pool(Streamer(streams.bad_shape_at, 100, 37), batch_size=16, workers=2) as pool, \
+            pytest.raises(SchemaError, match=r"bad_shape_at.*field 'x' expected float32\[3\], got float32\[4\]"):
+        list(pool)
+
+
+def test_given_schema_is_enforced():
+    schema = {"x": ("float64", (3,))}
+    with Pool(Streamer(streams.bad_shape_at, 10, 99), batch_size=4, workers=1, schema=schema) as pool, \
+            pytest.raises(SchemaError, match=r"field 'x' expected float64\[3\], got float32\[3\]"):
+        list(pool)
+
+
+def test_a_sample_that_is_not_a_dict_or_tuple_is_reported():
+    with Pool(Streamer(streams.not_a_sample, 10), batch_size=4, workers=1) as pool, \
+            pytest.raises(prefetch.PrefetchError, match="must be a dict or a tuple"):
+        list(pool)
+
+
+# --- user code: transform, errors, worker_info ------------------------------------------------------------
+
+
+def test_transform_runs_in_the_workers():
+    with Pool(Streamer(streams.numbered, 0, 64), batch_size=16, workers=2, transform=streams.add_pid) as pool:
+        pids = {int(p) for b in pool for p in b["pid"]}
+    assert os.getpid() not in pids
+    assert len(pids) == 1
+
+
+def test_worker_error_carries_stream_worker_and_traceback():
+    with Pool(Streamer(streams.raises_at, 100, 42), batch_size=8, workers=2) as pool, \
+            pytest.raises(WorkerError) as info:
+        list(pool)
+    err = info.value
+    assert "raises_at" in err.stream
+    assert "sample 42" in str(err)
+    assert "corrupt record 42" in err.traceback
+    assert isinstance(err.original, ValueError)
+    assert err.worker in (0, 1)
+
+
+def test_on_error_skip_drops_and_counts():
+    with Pool(Streamer(streams.numbered, 0, 100), batch_size=10, workers=2, transform=streams.fail_odd,
+              on_error="skip") as pool:
+        got = ys(pool)
+        skipped = pool.stats()["skipped"]
+    assert got == list(range(0, 100, 2))
+    assert skipped >= 50
+
+
+def test_replicas_get_distinct_worker_info_and_shard_a_finite_source():
+    with Pool(Streamer(streams.sharded, 100).replicated(), batch_size=10, workers=2) as pool:
+        rows = [(int(y), int(r), int(s)) for b in pool for y, r, s in zip(b["y"], b["replica"], b["seed"], strict=True)]
+    assert sorted(y for y, _, _ in rows) == list(range(100))
+    assert {r for _, r, _ in rows} == {0, 1}
+    assert len({s for _, _, s in rows}) == 2
+    assert prefetch.worker_info() is None
+
+
+# --- control: set_weights, stats -------------------------------------------------------------------------
+
+
+def test_set_weights_takes_effect_at_the_announced_batch_reproducibly():
+    def run():
+        mux = StochasticMux([Streamer(streams.endless, t) for t in range(2)], n_active=2, rate=None,
+                            weights=[0.5, 0.5])
+        with Pool(mux, batch_size=64, workers=2, seed=11) as pool:
+            it = iter(pool)
+            tags = [next(it)["tag"].copy() for _ in range(3)]
+            lag = pool.set_weights([1, 0])
+            tags += [next(it)["tag"].copy() for _ in range(lag + 5)]
+        return lag, tags
+
+    lag, tags = run()
+    assert all(t.tolist() == [0] * 64 for t in tags[3 + lag:])
+    assert any(1 in t for t in tags[:3])
+    lag2, tags2 = run()
+    assert lag2 == lag
+    assert all(np.array_equal(a, b) for a, b in zip(tags, tags2, strict=True))
+
+
+def test_set_weights_needs_a_weighted_mux():
+    with Pool(Streamer(streams.endless, 0), batch_size=4, workers=1) as pool, \
+            pytest.raises(ArgumentError, match="not a weighted mux"):
+        pool.set_weights([1])
+
+
+def test_stats_report_streams_batches_and_slots():
+    mux = StochasticMux([Streamer(streams.endless, t) for t in range(2)], n_active=2, rate=None)
+    with Pool(mux, batch_size=32, workers=2, prefetch=6) as pool:
+        it = iter(pool)
+        for _ in range(10):
+            next(it)
+        stats = pool.stats()
+    assert stats["batches"] == 10
+    assert sum(stats["samples"].values()) >= 320
+    assert set(stats["worker_busy_fraction"]) <= {0, 1}
+    assert 0.0 <= stats["trainer_wait_fraction"] <= 1.0
+    assert sum(stats["slots"].values()) == 6
+
+
+# --- lifecycle -----------------------------------------------------------------------------------------------
+
+
+def test_close_is_idempotent_and_iteration_after_close_raises():
+    pool = Pool(Streamer(streams.endless, 0), batch_size=4, workers=2)
+    next(iter(pool))
+    pool.close()
+    pool.close()
+    with pytest.raises(PoolClosedError):
+        next(iter(pool))
+
+
+def test_an_exception_in_the_training_loop_cleans_up():
+    with pytest.raises(KeyboardInterrupt), Pool(Streamer(streams.endless, 0), batch_size=4, workers=2) as pool:
+        for _ in pool:
+            raise KeyboardInterrupt
+
+
+def test_an_abandoned_pool_is_closed_by_garbage_collection():
+    pool = Pool(Streamer(streams.endless, 0), batch_size=4, workers=2)
+    next(iter(pool))
+    del pool
+
+
+def test_first_batch_arrives_quickly_and_the_pool_starts_again_after_close():
+    for _ in range(2):
+        with Pool(Streamer(streams.numbered, 0, 10), batch_size=5, workers=2) as pool:
+            assert next(iter(pool))["y"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_spawn_start_method_works():
+    mux = StochasticMux([Streamer(streams.numbered, t, 40) for t in range(3)], n_active=3, rate=None,
+                        mode="exhaustive", random_state=0)
+    with Pool(mux, batch_size=16, workers=2, start_method="spawn") as pool:
+        got = keys(pool)
+    assert sorted(got) == sorted(t * 1_000_000 + i for t in range(3) for i in range(40))
+
+
+def test_unpicklable_stream_under_spawn_fails_at_construction():
+    stream = Streamer(lambda: iter([{"x": 1}]))
+    with pytest.raises(ArgumentError, match=r"stream Streamer\(.*lambda.*cannot be pickled"):
+        Pool(stream, batch_size=4, workers=1, start_method="spawn")
+
+
+def test_a_killed_worker_is_reported_not_waited_on():
+    with Pool(Streamer(streams.slow, 10_000, 0.01), batch_size=4, workers=1) as pool:
+        it = iter(pool)
+        next(it)
+        _, worker = pool._res.processes[1]
+        os.kill(worker.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(WorkerDiedError, match="worker 0 was killed by signal 9"):
+            for _ in it:
+                pass
+        assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"batch_size": 4, "prefetch": -1}, "prefetch must be an integer >= 1"),
+        ({"batch_size": 4, "workers": 0}, "workers must be an integer >= 1"),
+        ({"batch_size": 4, "last_batch": "keep"}, "last_batch must be"),
+        ({"batch_size": 4, "on_error": "ignore"}, "on_error must be"),
+        ({"batch_size": 4, "timeout": 0}, "timeout must be"),
+        ({"batch_size": 4, "seed": -3}, "seed must be"),
+        ({"batch_size": 4, "start_method": "teleport"}, "start_method must be one of"),
+    ],
+)
+def test_invalid_pool_arguments(kwargs, match):
+    with pytest.raises(ArgumentError, match=match):
+        Pool(Streamer(streams.endless, 0), **kwargs)
+
+
+def test_source_must_be_a_streamer():
+    with pytest.raises(ArgumentError, match=r"source must be a prefetch\.Streamer"):
+        Pool([1, 2, 3], batch_size=2)
