@@ -8,7 +8,15 @@ import sys
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefetch", description="Keep a training loop fed.")
-    parser.add_subparsers(dest="command", metavar="command")
+    commands = parser.add_subparsers(dest="command", metavar="command")
+    bench = commands.add_parser("bench", help="throughput of the engine beside its peers, on synthetic workloads")
+    bench.add_argument("--workloads", default="small,image,cpu,mux",
+                       help="comma-separated subset of small, image, cpu, mux (default: all)")
+    bench.add_argument("--workers", type=int, default=2, help="worker processes for prefetch and DataLoader")
+    bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
+    bench.add_argument("--quick", action="store_true", help="1 s per measurement, no DataLoader sweep")
+    bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -16,9 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command == "bench":
+        from ._bench.report import run
+        from ._bench.workloads import WORKLOADS
+
+        names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+        unknown = [n for n in names if n not in WORKLOADS]
+        if unknown:
+            parser.error(f"unknown workloads {unknown}; choose from {sorted(WORKLOADS)}")
+        seconds = 1.0 if args.quick else args.seconds
+        return run(names, args.workers, seconds, not args.quick, args.json, not args.no_progress)
+    parser.print_help()
     return 0
 
 

@@ -1,0 +1,1 @@
+"""The throughput benchmark behind `prefetch bench` and bench/throughput.py."""

@@ -1,0 +1,109 @@
+"""The four benchmark workloads of DESIGN.md §5, as sample generators every runner shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._mux import StochasticMux
+from .._streamer import Streamer
+from .._worker_info import worker_info
+
+MUX_WEIGHTS = (0.5, 0.3, 0.2)
+CPU_ROUNDS = 30
+"""Blur rounds of the cpu workload's transform: about 1 ms of numpy work per sample here."""
+
+
+def _seed(default: int) -> int:
+    info = worker_info()
+    return info.seed if info is not None else default
+
+
+def small_samples(label: int = 0, seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """Endless {"X": float32 (128,), "Y": int64} samples drawn from a table made once."""
+    rng = np.random.default_rng(_seed(label) if seed is None else seed)
+    table = rng.standard_normal((4096, 128)).astype(np.float32)
+    y = np.int64(label)
+    while True:
+        for i in rng.integers(0, 4096, size=4096).tolist():
+            yield {"X": table[i], "Y": y}
+
+
+def image_samples(seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """Endless {"X": uint8 (224, 224, 3), "Y": int64} samples: moving bytes is the work."""
+    rng = np.random.default_rng(_seed(0) if seed is None else seed)
+    images = rng.integers(0, 256, size=(16, 224, 224, 3), dtype=np.uint8)
+    i = 0
+    while True:
+        yield {"X": images[i & 15], "Y": np.int64(i)}
+        i += 1
+
+
+def cpu_samples(seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """Endless {"X": uint8 (64, 64, 3), "Y": int64} samples, to be blurred by `cpu_transform`."""
+    rng = np.random.default_rng(_seed(0) if seed is None else seed)
+    images = rng.integers(0, 256, size=(64, 64, 64, 3), dtype=np.uint8)
+    i = 0
+    while True:
+        yield {"X": images[i & 63], "Y": np.int64(i)}
+        i += 1
+
+
+def cpu_transform(sample: dict[str, Any]) -> dict[str, Any]:
+    """About 1 ms of numpy work: repeated 3-tap diagonal blurs of the image."""
+    f = sample["X"].astype(np.float32)
+    for _ in range(CPU_ROUNDS):
+        f = (f[:-2, :-2] + f[1:-1, 1:-1] + f[2:, 2:]) / 3.0
+        f = np.pad(f, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    return {"X": f.clip(0, 255).astype(np.uint8), "Y": sample["Y"]}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A benchmark workload: how to make its samples and batches.
+
+    Attributes:
+        name: small, image, cpu or mux.
+        batch_size: rows per batch.
+        bytes_per_sample: bytes of array data in one sample.
+        make: a generator function (seed -> samples) for one stream; mux workloads mix several.
+        transform: applied to each sample by every runner (None for none).
+        streams: how many streams the workload mixes (1 but for mux).
+    """
+
+    name: str
+    batch_size: int
+    bytes_per_sample: int
+    make: Callable[..., Iterator[dict[str, Any]]]
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    streams: int = 1
+
+    def source(self) -> Streamer:
+        """The prefetch source: every stream replicated, so each worker runs a share."""
+        if self.streams == 1:
+            return Streamer(self.make).replicated()
+        parts = [Streamer(self.make, k).replicated() for k in range(self.streams)]
+        return StochasticMux(parts, n_active=self.streams, rate=None, weights=list(MUX_WEIGHTS))
+
+    def samples(self, seed: int) -> Iterator[dict[str, Any]]:
+        """One process's samples (the mux's streams mixed in process) with the transform applied."""
+        if self.streams == 1:
+            it = self.make(seed=seed)
+        else:
+            parts = [Streamer(self.make, k, seed + k) for k in range(self.streams)]
+            it = StochasticMux(parts, n_active=self.streams, rate=None, weights=list(MUX_WEIGHTS),
+                               random_state=seed).iterate()
+        if self.transform is None:
+            return it
+        return map(self.transform, it)
+
+
+WORKLOADS = {
+    "small": Workload("small", 256, 128 * 4 + 8, small_samples),
+    "image": Workload("image", 64, 224 * 224 * 3 + 8, image_samples),
+    "cpu": Workload("cpu", 64, 64 * 64 * 3 + 8, cpu_samples, cpu_transform),
+    "mux": Workload("mux", 256, 128 * 4 + 8, small_samples, streams=3),
+}
