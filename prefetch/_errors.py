@@ -82,8 +82,12 @@ class WorkerDiedError(PrefetchError):
     """
 
     def __init__(self, process: str, exitcode: int | None) -> None:
-        how = f"was killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else \
-            f"exited with status {exitcode}"
+        if exitcode is None:
+            how = "stopped answering"
+        elif exitcode < 0:
+            how = f"was killed by signal {-exitcode}"
+        else:
+            how = f"exited with status {exitcode}"
         super().__init__(f"{process} {how}")
         self.process, self.exitcode = process, exitcode
 

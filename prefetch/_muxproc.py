@@ -36,6 +36,14 @@ class _Stop(Exception):
     """Unwinds the driver when the trainer asked the mux process to stop."""
 
 
+class _WorkerGone(Exception):
+    """A worker's socket is gone: the process died. The trainer learns the exit status."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__(f"worker {worker} is unreachable")
+        self.worker = worker
+
+
 @dataclass
 class MuxConfig:
     """What the mux process needs to start; picklable for the spawn start method."""
@@ -229,7 +237,15 @@ class MuxProcess:
     # --- messaging ---------------------------------------------------------------------------------
 
     def to_worker(self, worker: int, kind: Msg, *fields: Any) -> None:
-        self.workers.send_multipart([b"w%d" % worker, encode(kind, *fields)], copy=False)
+        self.send_worker(worker, encode(kind, *fields))
+
+    def send_worker(self, worker: int, message: bytes) -> None:
+        try:
+            self.workers.send_multipart([b"w%d" % worker, message], copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                raise _WorkerGone(worker) from exc
+            raise
 
     def to_trainer(self, kind: Msg, *fields: Any) -> None:
         self.trainer.send(encode(kind, *fields), copy=False)
@@ -294,7 +310,7 @@ class MuxProcess:
             for w in range(self.config.num_workers):
                 self.to_worker(w, Msg.SEGMENT, *fields)
             for worker, message in self.unsent_fills:
-                self.workers.send_multipart([b"w%d" % worker, message], copy=False)
+                self.send_worker(worker, message)
             self.unsent_fills = []
         elif kind is Msg.EPOCH:
             self.epoch_wanted = True
@@ -485,7 +501,7 @@ class MuxProcess:
             if self.segment is None:
                 self.unsent_fills.append((worker, message))
             else:
-                self.workers.send_multipart([b"w%d" % worker, message], copy=False)
+                self.send_worker(worker, message)
         return not ended
 
     def on_filled(self, slot: int, worker: int, objects: dict[int, list[Any]]) -> None:
@@ -537,6 +553,9 @@ def mux_main(config: MuxConfig) -> None:
         proc.run()
     except _Stop:
         pass
+    except _WorkerGone as gone:
+        with contextlib.suppress(zmq.ZMQError):
+            proc.to_trainer(Msg.ERROR, "died", str(gone), None, gone.worker, "", None)
     except Exception as exc:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         with contextlib.suppress(zmq.ZMQError):
@@ -545,7 +564,7 @@ def mux_main(config: MuxConfig) -> None:
     finally:
         proc.stopping = True
         for w in proc.hello:
-            with contextlib.suppress(zmq.ZMQError):
+            with contextlib.suppress(zmq.ZMQError, _WorkerGone):
                 proc.to_worker(w, Msg.STOP)
         if os.getppid() != config.parent_pid and proc.segment is not None:
             _shm.unlink(proc.segment[0])

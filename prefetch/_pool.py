@@ -46,6 +46,9 @@ from ._worker import RECONNECT_MS, WorkerConfig, worker_main
 POLL_MS = 100
 """Longest wait for a message before the trainer checks that every process lives."""
 
+DEATH_SECONDS = 1.0
+"""How long to wait for the exit status of a worker the mux process found unreachable."""
+
 JOIN_SECONDS = 2.0
 """How long close() waits for processes to exit by themselves before terminating them."""
 
@@ -341,6 +344,12 @@ class Pool:
                 raise WorkerDiedError(name, code)
 
     def _fail(self, kind: str, message: str, stream: str | None, worker: int, tb: str, pickled: Any) -> None:
+        if kind == "died":
+            name, proc = self._res.processes[1 + worker]
+            proc.join(DEATH_SECONDS)
+            code = proc.exitcode
+            self.close()
+            raise WorkerDiedError(name, code)
         self.close()
         if kind == "schema":
             raise (SchemaError if "schema" in message or "field" in message else DataError)(message)

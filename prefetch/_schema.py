@@ -149,6 +149,37 @@ class RowWriter:
             raise SchemaError(f"{where}: fields differ from the schema: missing {missing}, extra {extra}")
         return fields
 
+    def write_many(self, samples: list[Any], rows: np.ndarray, arrays: list[np.ndarray | None],
+                   where: str) -> dict[int, list[Any]]:
+        """Write samples into `rows` (ascending) a field at a time; return object field values by row.
+
+        The fast path stacks each field with one numpy call and exact dtypes; anything
+        it cannot take (a missing field, a cast, a shape) goes through `write`, which
+        either accepts it or raises the precise SchemaError.
+        """
+        kind = tuple if self.schema.is_tuple else dict
+        try:
+            if any(type(s) is not kind or len(s) != len(self.keys) for s in samples):
+                raise TypeError
+            first, count = int(rows[0]), len(rows)
+            contiguous = int(rows[-1]) - first == count - 1
+            for i, f in self.array_fields:
+                key = f.key
+                values = [s[key] for s in samples]
+                if contiguous:
+                    np.stack(values, out=arrays[i][first:first + count], casting="no")
+                else:
+                    stacked = np.stack(values)
+                    if stacked.dtype != f.dtype:
+                        raise TypeError
+                    arrays[i][rows] = stacked
+        except (KeyError, IndexError, TypeError, ValueError):
+            return {int(r): self.write(s, int(r), arrays, where) for s, r in zip(samples, rows, strict=True)}
+        if not self.object_fields:
+            return {}
+        keys = [f.key for _, f in self.object_fields]
+        return {int(r): [s[k] for k in keys] for s, r in zip(samples, rows, strict=True)}
+
     def write(self, sample: Any, row: int, arrays: list[np.ndarray | None], where: str) -> list[Any]:
         """Write the array fields of `sample` into `row`; return its object fields' values."""
         fields = self.check_keys(sample, where)

@@ -11,6 +11,7 @@ instance yields the same samples whatever the timing and whatever else the worke
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pickle
 import random
@@ -36,6 +37,9 @@ CHUNK_SECONDS = 0.002
 
 RECONNECT_MS = 2
 """Retry interval of a connect that raced the mux process's bind (zmq's default is 100 ms)."""
+
+PULL_STEP = 64
+"""Samples pulled from a stream between two looks at the clock."""
 
 PARENT_CHECK_MS = 500
 """How often an idle worker checks that its parent (the trainer) is still alive."""
@@ -82,6 +86,7 @@ class _Worker:
         self.slot_arrays: list[list[np.ndarray | None]] = []
         self.mapping: Any = None
         self.busy = 0.0
+        self.skipped = 0
         self.running = True
 
     def send(self, kind: Msg, *fields: Any) -> None:
@@ -159,45 +164,69 @@ class _Worker:
         np.random.set_state(inst.np_state)
         random.setstate(inst.py_state)
         set_worker_info(inst.info)
-        skipped = 0
-        transform = self.config.transform
+        before = len(inst.ready)
         try:
-            while inst.produced < inst.wanted:
-                try:
-                    sample = next(inst.iterator)
-                except StopIteration:
-                    inst.ended = True
-                    break
-                except Exception:
-                    if self.config.on_error != "skip":
-                        raise
-                    inst.ended = True
-                    skipped += 1
-                    break
-                if transform is not None:
-                    try:
-                        sample = transform(sample)
-                    except Exception:
-                        if self.config.on_error != "skip":
-                            raise
-                        skipped += 1
-                        continue
-                inst.ready.append(sample)
-                inst.produced += 1
-                if time.perf_counter() - start > CHUNK_SECONDS:
-                    break
+            self.pull(inst, start)
         except Exception as exc:
-            self.fail("user", exc, inst, f"sample {inst.produced} of stream {inst.name}")
+            self.fail("user", exc, inst, f"sample {inst.produced + len(inst.ready) - before} of stream {inst.name}")
             return
         finally:
+            inst.produced += len(inst.ready) - before
             inst.np_state, inst.py_state = np.random.get_state(), random.getstate()
             set_worker_info(None)
             self.busy += time.perf_counter() - start
-        if skipped:
-            self.send(Msg.SKIPPED, iid, skipped)
         if inst.ended or inst.produced >= inst.wanted:
             self.queue.popleft()
+        if self.skipped:
+            self.send(Msg.SKIPPED, iid, self.skipped)
+            self.skipped = 0
         self.send(Msg.AVAIL, iid, inst.produced, inst.ended)
+
+    def pull(self, inst: _Instance, start: float) -> None:
+        """Pull samples into `inst.ready` until wanted or out of time, a step at a time.
+
+        With on_error="raise" a step is one `deque.extend` at C speed, and a short step
+        means the stream ended. With "skip" samples are pulled one by one so that a
+        failing transform drops only its sample (a failing generator cannot resume, so
+        its stream ends there).
+        """
+        ready, transform = inst.ready, self.config.transform
+        left = inst.wanted - inst.produced
+        while left > 0:
+            step = min(left, PULL_STEP)
+            if self.config.on_error == "skip":
+                pulled = self.pull_skipping(inst, step)
+            else:
+                before = len(ready)
+                source = itertools.islice(inst.iterator, step)
+                ready.extend(source if transform is None else map(transform, source))
+                pulled = len(ready) - before
+            if pulled < step:
+                inst.ended = True
+                return
+            left -= step
+            if time.perf_counter() - start > CHUNK_SECONDS:
+                return
+
+    def pull_skipping(self, inst: _Instance, step: int) -> int:
+        """Pull up to `step` samples, dropping (and counting) those whose code raises; how many were pulled."""
+        transform = self.config.transform
+        for pulled in range(step):
+            try:
+                sample = next(inst.iterator)
+            except StopIteration:
+                return pulled
+            except Exception:
+                self.skipped += 1
+                return pulled
+            if transform is not None:
+                try:
+                    sample = transform(sample)
+                except Exception:
+                    self.skipped += 1
+                    continue
+            inst.ready.append(sample)
+        return step
 
     def fail(self, kind: str, exc: BaseException, inst: _Instance | None, where: str) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -229,19 +258,15 @@ class _Worker:
     def fill(self, slot: int, parts: list[list[Any]]) -> None:
         start = time.perf_counter()
         arrays = self.slot_arrays[slot]
-        writer = self.writer
         objects: dict[int, list[Any]] = {}
-        keep = bool(writer.object_fields)
         inst = None
         try:
             for iid, rows in parts:
                 inst = self.instances[iid]
-                where = f"stream {inst.name}"
+                rows = np.frombuffer(rows, np.uint32)
                 ready = inst.ready
-                for row in np.frombuffer(rows, np.uint32).tolist():
-                    values = writer.write(ready.popleft(), row, arrays, where)
-                    if keep:
-                        objects[row] = values
+                samples = [ready.popleft() for _ in range(len(rows))]
+                objects.update(self.writer.write_many(samples, rows, arrays, f"stream {inst.name}"))
                 self.schedule(inst)
         except (DataError, PrefetchError) as exc:
             self.fail("schema", exc, inst, f"worker {self.config.worker_id}")

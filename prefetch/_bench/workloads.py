@@ -25,10 +25,10 @@ def _seed(default: int) -> int:
 def small_samples(label: int = 0, seed: int | None = None) -> Iterator[dict[str, Any]]:
     """Endless {"X": float32 (128,), "Y": int64} samples drawn from a table made once."""
     rng = np.random.default_rng(_seed(label) if seed is None else seed)
-    table = rng.standard_normal((4096, 128)).astype(np.float32)
+    table = rng.standard_normal((1024, 128)).astype(np.float32)
     y = np.int64(label)
     while True:
-        for i in rng.integers(0, 4096, size=4096).tolist():
+        for i in rng.integers(0, 1024, size=4096).tolist():
             yield {"X": table[i], "Y": y}
 
 
