@@ -18,7 +18,7 @@ from ._errors import ArgumentError, add_note
 from ._policy import Activation, ChainPolicy, RoundRobinPolicy, ShuffledPolicy, StochasticPolicy
 from ._streamer import Streamer, check_max_iter
 
-BLOCK = 64
+BLOCK = 256
 """Rows of stream choices drawn at a time; fixed so that every driver draws the same."""
 
 OpenChild = Callable[[Streamer, "int | None"], Iterator[Any]]

@@ -284,10 +284,10 @@ class MuxProcess:
 
     def on_worker(self, worker: int, kind: Msg, fields: list[Any]) -> None:
         if kind is Msg.AVAIL:
-            iid, ready, ended = fields
-            inst = self.instances.get(iid)
-            if inst is not None:
-                inst.known, inst.ended = ready, ended
+            for iid, ready, ended in fields[0]:
+                inst = self.instances.get(iid)
+                if inst is not None:
+                    inst.known, inst.ended = ready, ended
         elif kind is Msg.FILLED:
             slot, objects, busy = fields
             self.busy[worker] = busy
@@ -297,7 +297,7 @@ class MuxProcess:
         elif kind is Msg.SCHEMA:
             self.to_trainer(Msg.SCHEMA, fields[0])
         elif kind is Msg.SKIPPED:
-            self.skipped += fields[1]
+            self.skipped += fields[0]
         elif kind is Msg.ERROR:
             self.failed = True
             self.to_trainer(Msg.ERROR, *fields)
@@ -459,12 +459,15 @@ class MuxProcess:
                     if at < cut:
                         cut, exhausted = at, j
             taken = segment[:cut]
-            for j in np.flatnonzero(np.bincount(taken)).tolist():
-                rows = np.flatnonzero(taken == j) + filled
-                start = 0
-                for inst, k in opened[j][0].take(len(rows)):
-                    parts.append((inst, rows[start:start + k]))
-                    start += k
+            order = np.argsort(taken, kind="stable") + filled
+            start = 0
+            for j, count in enumerate(np.bincount(taken).tolist()):
+                if count:
+                    rows, start = order[start:start + count], start + count
+                    first = 0
+                    for inst, k in opened[j][0].take(count):
+                        parts.append((inst, rows[first:first + k]))
+                        first += k
             filled += cut
             self.slot_row += cut
             self.block_pos += cut

@@ -16,6 +16,9 @@ from ._errors import DataError, SchemaError
 
 NUMERIC_KINDS = frozenset("biufcmM")
 
+BIG_ROW_BYTES = 16384
+"""Fields with rows at least this big are written without a temporary stacked copy."""
+
 
 @dataclass(frozen=True)
 class Field:
@@ -28,6 +31,11 @@ class Field:
     @property
     def is_array(self) -> bool:
         return self.dtype is not None
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row of this field (0 for object fields)."""
+        return 0 if self.dtype is None else self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
 
     def describe(self) -> str:
         return f"{self.dtype}{list(self.shape)}" if self.is_array else "object"
@@ -153,7 +161,7 @@ class RowWriter:
                    where: str) -> dict[int, list[Any]]:
         """Write samples into `rows` (ascending) a field at a time; return object field values by row.
 
-        The fast path stacks each field with one numpy call and exact dtypes; anything
+        The fast path writes each field with one numpy call and exact dtypes; anything
         it cannot take (a missing field, a cast, a shape) goes through `write`, which
         either accepts it or raises the precise SchemaError.
         """
@@ -164,15 +172,24 @@ class RowWriter:
             first, count = int(rows[0]), len(rows)
             contiguous = int(rows[-1]) - first == count - 1
             for i, f in self.array_fields:
-                key = f.key
+                key, dest = f.key, arrays[i]
                 values = [s[key] for s in samples]
-                if contiguous:
-                    np.stack(values, out=arrays[i][first:first + count], casting="no")
-                else:
-                    stacked = np.stack(values)
-                    if stacked.dtype != f.dtype:
+                if f.row_bytes < BIG_ROW_BYTES:
+                    stacked = np.array(values)
+                    if stacked.dtype != f.dtype or stacked.shape[1:] != f.shape:
                         raise TypeError
-                    arrays[i][rows] = stacked
+                    if contiguous:
+                        dest[first:first + count] = stacked
+                    else:
+                        dest[rows] = stacked
+                    continue
+                if any(type(v) is not np.ndarray or v.shape != f.shape or v.dtype != f.dtype for v in values):
+                    raise TypeError
+                if contiguous:
+                    np.concatenate(values, out=dest[first:first + count].reshape(-1, *f.shape[1:]))
+                else:
+                    for row, value in zip(rows.tolist(), values, strict=True):
+                        dest[row] = value
         except (KeyError, IndexError, TypeError, ValueError):
             return {int(r): self.write(s, int(r), arrays, where) for s, r in zip(samples, rows, strict=True)}
         if not self.object_fields:

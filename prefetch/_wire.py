@@ -31,7 +31,7 @@ class Msg(IntEnum):
     WANT = 3
     """M->W (iid, total): make at least the instance's first `total` samples ready (the mux is waiting)."""
     AVAIL = 4
-    """W->M (iid, ready, ended): `ready` samples are ready; `ended` if the instance has no more."""
+    """W->M ([[iid, ready, ended], ...]): per instance, `ready` samples made so far; `ended` if no more come."""
     DESCRIBE = 5
     """M->W (iid): report the schema of the instance's first ready sample."""
     SCHEMA = 6
@@ -59,7 +59,7 @@ class Msg(IntEnum):
     ERROR = 17
     """W->M, M->T (kind, message, stream, worker, traceback, pickled exception or None): user code failed."""
     SKIPPED = 18
-    """W->M (iid, count): samples dropped by on_error='skip'."""
+    """W->M (count): samples dropped by on_error='skip' since the last report."""
     STOP = 19
     """T->M, M->W (): shut down."""
 

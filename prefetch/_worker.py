@@ -87,6 +87,7 @@ class _Worker:
         self.mapping: Any = None
         self.busy = 0.0
         self.skipped = 0
+        self.rng_owner: _Instance | None = None
         self.running = True
 
     def send(self, kind: Msg, *fields: Any) -> None:
@@ -109,7 +110,7 @@ class _Worker:
                 if os.getppid() != self.config.parent_pid:
                     return
             else:
-                self.produce(self.queue[0])
+                self.produce_round()
 
     def handle(self, kind: Msg, fields: list[Any]) -> None:
         if kind is Msg.FILL:
@@ -123,7 +124,9 @@ class _Worker:
         elif kind is Msg.OPEN:
             self.open(*fields)
         elif kind is Msg.CLOSE:
-            self.instances.pop(fields[0], None)
+            closed = self.instances.pop(fields[0], None)
+            if closed is not None and closed is self.rng_owner:
+                self.rng_owner = None
         elif kind is Msg.DESCRIBE:
             inst = self.instances[fields[0]]
             self.send(Msg.SCHEMA, infer(inst.ready[0], f"stream {inst.name}").to_wire())
@@ -148,39 +151,62 @@ class _Worker:
         info = WorkerInfo(self.config.worker_id, self.config.num_workers, replica, num_replicas, seed)
         inst = _Instance(iid, repr(streamer), info, iter(()), budget, window)
         inst.iterator = streamer._iterate(budget)
+        owner = self.rng_owner
+        if owner is not None:
+            owner.np_state, owner.py_state = np.random.get_state(), random.getstate()
         np.random.seed(seed % 2**32)
         random.seed(seed)
-        inst.np_state, inst.py_state = np.random.get_state(), random.getstate()
+        self.rng_owner = inst
         self.instances[iid] = inst
         self.schedule(inst)
 
-    def produce(self, iid: int) -> None:
-        """Make ready up to a chunk of the instance's wanted samples, then report."""
-        inst = self.instances.get(iid)
-        if inst is None or inst.ended or inst.produced >= inst.wanted:
-            self.queue.popleft()
-            return
+    def produce_round(self) -> None:
+        """Produce for the queued instances (within one chunk of time) and report them in one AVAIL."""
         start = time.perf_counter()
+        updates = []
+        for iid in list(self.queue):
+            inst = self.instances.get(iid)
+            if inst is not None and not inst.ended and inst.produced < inst.wanted:
+                if not self.produce(inst, start):
+                    return
+                updates.append([iid, inst.produced, inst.ended])
+            if inst is None or inst.ended or inst.produced >= inst.wanted:
+                self.queue.remove(iid)
+            if time.perf_counter() - start > CHUNK_SECONDS:
+                break
+        if self.skipped:
+            self.send(Msg.SKIPPED, self.skipped)
+            self.skipped = 0
+        if updates:
+            self.send(Msg.AVAIL, updates)
+
+    def use_rng_of(self, inst: _Instance) -> None:
+        """Load the instance's `random` and `numpy.random` state, saving the previous owner's."""
+        if self.rng_owner is inst:
+            return
+        owner = self.rng_owner
+        if owner is not None:
+            owner.np_state, owner.py_state = np.random.get_state(), random.getstate()
         np.random.set_state(inst.np_state)
         random.setstate(inst.py_state)
+        self.rng_owner = inst
+
+    def produce(self, inst: _Instance, start: float) -> bool:
+        """Make ready some of the instance's wanted samples with its own RNG state; False if user code failed."""
+        self.use_rng_of(inst)
         set_worker_info(inst.info)
         before = len(inst.ready)
+        begin = time.perf_counter()
         try:
             self.pull(inst, start)
         except Exception as exc:
             self.fail("user", exc, inst, f"sample {inst.produced + len(inst.ready) - before} of stream {inst.name}")
-            return
+            return False
         finally:
             inst.produced += len(inst.ready) - before
-            inst.np_state, inst.py_state = np.random.get_state(), random.getstate()
             set_worker_info(None)
-            self.busy += time.perf_counter() - start
-        if inst.ended or inst.produced >= inst.wanted:
-            self.queue.popleft()
-        if self.skipped:
-            self.send(Msg.SKIPPED, iid, self.skipped)
-            self.skipped = 0
-        self.send(Msg.AVAIL, iid, inst.produced, inst.ended)
+            self.busy += time.perf_counter() - begin
+        return True
 
     def pull(self, inst: _Instance, start: float) -> None:
         """Pull samples into `inst.ready` until wanted or out of time, a step at a time.
