@@ -241,14 +241,14 @@ class MuxProcess:
 
     def send_worker(self, worker: int, message: bytes) -> None:
         try:
-            self.workers.send_multipart([b"w%d" % worker, message], copy=False)
+            self.workers.send_multipart([b"w%d" % worker, message])
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise _WorkerGone(worker) from exc
             raise
 
     def to_trainer(self, kind: Msg, *fields: Any) -> None:
-        self.trainer.send(encode(kind, *fields), copy=False)
+        self.trainer.send(encode(kind, *fields))
 
     def pump(self, timeout_ms: int) -> None:
         """Handle every message that arrives within the timeout; check the trainer lives."""

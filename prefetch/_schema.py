@@ -8,6 +8,7 @@ travel beside the batch in messages and appear in the batch as lists.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -167,13 +168,13 @@ class RowWriter:
         """
         kind = tuple if self.schema.is_tuple else dict
         try:
-            if any(type(s) is not kind or len(s) != len(self.keys) for s in samples):
+            if set(map(type, samples)) != {kind} or set(map(len, samples)) != {len(self.keys)}:
                 raise TypeError
             first, count = int(rows[0]), len(rows)
             contiguous = int(rows[-1]) - first == count - 1
             for i, f in self.array_fields:
                 key, dest = f.key, arrays[i]
-                values = [s[key] for s in samples]
+                values = list(map(itemgetter(key), samples))
                 if f.row_bytes < BIG_ROW_BYTES:
                     stacked = np.array(values)
                     if stacked.dtype != f.dtype or stacked.shape[1:] != f.shape:

@@ -91,7 +91,7 @@ class _Worker:
         self.running = True
 
     def send(self, kind: Msg, *fields: Any) -> None:
-        self.sock.send(encode(kind, *fields), copy=False)
+        self.sock.send(encode(kind, *fields))
 
     def run(self) -> None:
         self.send(Msg.HELLO, self.config.worker_id)
@@ -136,7 +136,13 @@ class _Worker:
             self.running = False
 
     def schedule(self, inst: _Instance) -> None:
-        """Queue the instance for production if it has fewer than its window of samples ready."""
+        """Queue the instance for production once half its window of ready samples is used (or the mux waits).
+
+        Refilling in large steps keeps switches between instances, and so RNG state swaps, rare.
+        """
+        asked = inst.wanted > inst.produced
+        if not asked and len(inst.ready) > inst.window // 2:
+            return
         consumed = inst.produced - len(inst.ready)
         target = max(inst.wanted, consumed + inst.window)
         if inst.budget is not None:

@@ -50,6 +50,10 @@ def _timed(workload: Workload, runner: str, start: float, batches: Iterator[Any]
     return Result(workload.name, runner, rate, rate * workload.bytes_per_sample / 1e6, first_s, settings)
 
 
+PREFETCH_SLOTS = 16
+"""Our best setting on the 2-core machine (a sweep of 8, 16, 32 slots); DataLoader gets its own sweep."""
+
+
 def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: int = 0) -> Result:
     """prefetch.Pool over the workload's source, counting samples per stream for the mux workload."""
     counts = np.zeros(max(workload.streams, 1), dtype=np.int64)
@@ -59,7 +63,7 @@ def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: 
             counts[:] += np.bincount(batch["Y"], minlength=workload.streams)
 
     start = time.perf_counter()
-    with Pool(workload.source(), batch_size=workload.batch_size, workers=workers,
+    with Pool(workload.source(), batch_size=workload.batch_size, workers=workers, prefetch=PREFETCH_SLOTS,
               transform=workload.transform, seed=0) as pool:
         it = iter(pool)
         budget = max(seconds, 0.0)
