@@ -226,8 +226,7 @@ class MuxProcess:
         self.failed = False
         self.stopping = False
         self.slot_row = 0
-        self.epoch_end_seq = -1
-        self.epoch_batches = 0
+        self.epoch_ends: dict[int, tuple[int, int]] = {}
         self.pending_weights: dict[int, list[float]] = {}
         self.control = DriveControl(self.cap)
         self.samples: Counter[str] = Counter()
@@ -523,8 +522,8 @@ class MuxProcess:
             else:
                 objects = [f.objects[r] for r in range(f.rows)] if f.objects else []
                 self.to_trainer(Msg.READY, slot, f.seq, f.epoch, f.index, f.rows, objects)
-            if self.next_ready == self.epoch_end_seq:
-                self.to_trainer(Msg.END, self.epoch, self.epoch_batches)
+            if self.next_ready in self.epoch_ends:
+                self.to_trainer(Msg.END, *self.epoch_ends.pop(self.next_ready))
 
     def run(self) -> None:
         while len(self.hello) < self.config.num_workers:
@@ -539,10 +538,10 @@ class MuxProcess:
             while self.driver is not None and self.free and not self.failed:
                 if not self.assign(self.free.popleft()):
                     self.driver = None
-                    self.epoch_end_seq = self.seq
-                    self.epoch_batches = self.epoch_index
                     if self.next_ready == self.seq:
-                        self.to_trainer(Msg.END, self.epoch, self.epoch_batches)
+                        self.to_trainer(Msg.END, self.epoch, self.epoch_index)
+                    else:
+                        self.epoch_ends[self.seq] = (self.epoch, self.epoch_index)
                     self.epoch_wanted = self.epoch_rows > 0
             self.pump(POLL_MS)
 

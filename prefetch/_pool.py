@@ -49,8 +49,14 @@ POLL_MS = 100
 DEATH_SECONDS = 1.0
 """How long to wait for the exit status of a worker the mux process found unreachable."""
 
+STOP_SEND_MS = 500
+"""How long close() may wait for its STOP to reach the mux process (its socket may still be connecting)."""
+
 JOIN_SECONDS = 2.0
-"""How long close() waits for processes to exit by themselves before terminating them."""
+"""How long close() waits for processes to exit by themselves before killing them."""
+
+WORKER_GRACE_SECONDS = 0.5
+"""How long workers may take to exit once the mux process has (a worker that started late misses its STOP)."""
 
 
 @dataclass(frozen=True)
@@ -175,11 +181,14 @@ class _Resources:
 
     def shutdown(self) -> None:
         if self.sock is not None:
+            self.sock.setsockopt(zmq.SNDTIMEO, STOP_SEND_MS)
             with contextlib.suppress(zmq.ZMQError):
-                self.sock.send(encode(Msg.STOP), zmq.NOBLOCK)
+                self.sock.send(encode(Msg.STOP))
         deadline = time.monotonic() + JOIN_SECONDS
-        for _, proc in self.processes:
+        for i, (_, proc) in enumerate(self.processes):
             proc.join(max(0.0, deadline - time.monotonic()))
+            if i == 0:
+                deadline = min(deadline, time.monotonic() + WORKER_GRACE_SECONDS)
         for _, proc in self.processes:
             if proc.is_alive():
                 proc.kill()

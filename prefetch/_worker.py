@@ -38,8 +38,8 @@ CHUNK_SECONDS = 0.002
 RECONNECT_MS = 2
 """Retry interval of a connect that raced the mux process's bind (zmq's default is 100 ms)."""
 
-PULL_STEP = 64
-"""Samples pulled from a stream between two looks at the clock."""
+PULL_STEP = 256
+"""Most samples pulled from a stream between two looks at the clock."""
 
 PARENT_CHECK_MS = 500
 """How often an idle worker checks that its parent (the trainer) is still alive."""
@@ -69,6 +69,7 @@ class _Instance:
     budget: int | None
     window: int
     ready: deque = field(default_factory=deque)
+    step: int = 1
     produced: int = 0
     wanted: int = 0
     ended: bool = False
@@ -218,14 +219,16 @@ class _Worker:
         """Pull samples into `inst.ready` until wanted or out of time, a step at a time.
 
         With on_error="raise" a step is one `deque.extend` at C speed, and a short step
-        means the stream ended. With "skip" samples are pulled one by one so that a
-        failing transform drops only its sample (a failing generator cannot resume, so
-        its stream ends there).
+        means the stream ended. Steps grow while samples are cheap and shrink when they
+        are slow, so a worker reports ready samples of a slow stream promptly. With
+        "skip" samples are pulled one by one so that a failing transform drops only its
+        sample (a failing generator cannot resume, so its stream ends there).
         """
         ready, transform = inst.ready, self.config.transform
         left = inst.wanted - inst.produced
         while left > 0:
-            step = min(left, PULL_STEP)
+            step = min(left, inst.step)
+            began = time.perf_counter()
             if self.config.on_error == "skip":
                 pulled = self.pull_skipping(inst, step)
             else:
@@ -237,7 +240,12 @@ class _Worker:
                 inst.ended = True
                 return
             left -= step
-            if time.perf_counter() - start > CHUNK_SECONDS:
+            now = time.perf_counter()
+            if now - began < CHUNK_SECONDS / 4:
+                inst.step = min(2 * inst.step, PULL_STEP)
+            elif now - began > CHUNK_SECONDS:
+                inst.step = max(1, inst.step // 2)
+            if now - start > CHUNK_SECONDS:
                 return
 
     def pull_skipping(self, inst: _Instance, step: int) -> int:

@@ -399,3 +399,11 @@ def test_invalid_pool_arguments(kwargs, match):
 def test_source_must_be_a_streamer():
     with pytest.raises(ArgumentError, match=r"source must be a prefetch\.Streamer"):
         Pool([1, 2, 3], batch_size=2)
+
+
+def test_short_epochs_prefetched_ahead_stay_separate():
+    """The mux fills later epochs while earlier ones are still being delivered; each epoch still ends."""
+    with Pool(Streamer(streams.numbered, 0, 30), batch_size=10, workers=2, prefetch=16) as pool:
+        time.sleep(0.3)
+        for _ in range(4):
+            assert ys(pool) == list(range(30))
