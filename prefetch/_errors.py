@@ -47,6 +47,10 @@ class SlotsExhaustedError(PrefetchError):
     """The trainer holds views of every shared-memory slot, so no batch can be filled."""
 
 
+class PoolStartError(PrefetchError):
+    """A pool could not start its processes (the system refused them); nothing is left running."""
+
+
 class PoolTimeoutError(PrefetchError, TimeoutError):
     """No batch arrived within the pool's `timeout`."""
 

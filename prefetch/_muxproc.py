@@ -36,14 +36,6 @@ class _Stop(Exception):
     """Unwinds the driver when the trainer asked the mux process to stop."""
 
 
-class _WorkerGone(Exception):
-    """A worker's socket is gone: the process died. The trainer learns the exit status."""
-
-    def __init__(self, worker: int) -> None:
-        super().__init__(f"worker {worker} is unreachable")
-        self.worker = worker
-
-
 @dataclass
 class MuxConfig:
     """What the mux process needs to start; picklable for the spawn start method."""
@@ -66,11 +58,14 @@ class MuxConfig:
 class RemoteInstance:
     """The mux-side view of one stream instance that runs in a worker."""
 
-    __slots__ = ("__weakref__", "assigned", "budget", "ended", "iid", "known", "label", "proc", "requested", "worker")
+    __slots__ = ("__weakref__", "assigned", "budget", "ended", "filled", "iid", "known", "label", "open_args", "proc",
+                 "requested", "worker")
 
-    def __init__(self, proc: MuxProcess, iid: int, worker: int, budget: int | None, label: str) -> None:
+    def __init__(self, proc: MuxProcess, iid: int, worker: int, budget: int | None, label: str,
+                 open_args: list[Any]) -> None:
         self.proc, self.iid, self.worker, self.budget, self.label = proc, iid, worker, budget, label
-        self.known = self.assigned = self.requested = 0
+        self.open_args = open_args
+        self.known = self.assigned = self.requested = self.filled = 0
         self.ended = False
 
     def __iter__(self) -> Iterator[RemoteInstance]:
@@ -88,8 +83,10 @@ class RemoteInstance:
         """Wait until `need` more samples are ready or the instance ended; how many are (at most need)."""
         if self.known - self.assigned < need and not self.ended:
             self.proc.want(self, need)
+            self.proc.awaiting = self.worker
             while self.known - self.assigned < need and not self.ended:
                 self.proc.pump(POLL_MS)
+            self.proc.awaiting = None
         return min(need, self.known - self.assigned)
 
     def take(self, n: int) -> list[tuple[RemoteInstance, int]]:
@@ -173,7 +170,11 @@ class ReplicatedInstance:
 
 @dataclass
 class _Filling:
-    """A slot whose rows are being written by workers."""
+    """A slot whose rows are being written by workers.
+
+    It keeps each worker's FILL message and the instances it draws on, so that a
+    restarted worker can be sent it again and no instance is closed while owed rows.
+    """
 
     seq: int
     epoch: int
@@ -181,6 +182,8 @@ class _Filling:
     rows: int
     waiting: set[int]
     discard: bool
+    messages: dict[int, bytes]
+    parts: dict[int, list[tuple[RemoteInstance, int]]]
     objects: dict[int, list[Any]] = field(default_factory=dict)
 
 
@@ -194,6 +197,7 @@ class MuxProcess:
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
         self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.trainer.setsockopt(zmq.SNDTIMEO, POLL_MS)
         self.workers.bind(config.worker_endpoint)
         self.trainer.bind(config.trainer_endpoint)
         self.poller = zmq.Poller()
@@ -209,10 +213,12 @@ class MuxProcess:
         self.free: deque[int] = deque(range(config.slots))
         self.filling: dict[int, _Filling] = {}
         self.done: dict[int, tuple[int, _Filling]] = {}
-        self.unsent_fills: list[tuple[int, list[bytes]]] = []
         self.segment = config.segment
         self.described = config.segment is not None
         self.hello: set[int] = set()
+        self.generation: dict[int, int] = {}
+        self.down: set[int] = set()
+        self.awaiting: int | None = None
         self.seq = 0
         self.next_ready = 0
         self.epoch = -1
@@ -239,15 +245,27 @@ class MuxProcess:
         self.send_worker(worker, encode(kind, *fields))
 
     def send_worker(self, worker: int, message: bytes) -> None:
+        """Send to a worker; a dead one loses the message, which its successor's resync makes up for."""
+        if worker in self.down:
+            return
         try:
             self.workers.send_multipart([b"w%d" % worker, message])
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                raise _WorkerGone(worker) from exc
-            raise
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.down.add(worker)
 
     def to_trainer(self, kind: Msg, *fields: Any) -> None:
-        self.trainer.send(encode(kind, *fields))
+        """Send to the trainer; a send that cannot complete (the trainer is gone) stops the mux process."""
+        message = encode(kind, *fields)
+        while True:
+            try:
+                self.trainer.send(message)
+                return
+            except zmq.Again:
+                if os.getppid() != self.config.parent_pid:
+                    self.stopping = True
+                    raise _Stop from None
 
     def pump(self, timeout_ms: int) -> None:
         """Handle every message that arrives within the timeout; check the trainer lives."""
@@ -267,7 +285,7 @@ class MuxProcess:
 
     def flush_closed(self) -> None:
         """Tell workers about dropped instances, never ahead of FILLs still waiting for the segment."""
-        if not self.closed or self.unsent_fills:
+        if not self.closed or self.segment is None:
             return
         while self.closed:
             worker, iid = self.closed.pop()
@@ -276,9 +294,9 @@ class MuxProcess:
                 self.to_worker(worker, Msg.CLOSE, iid)
         self.update_lookahead()
 
-    def update_lookahead(self) -> None:
+    def update_lookahead(self, opening: int = 0) -> None:
         """Samples a worker keeps ready per open instance: the slots' worth of rows, shared out."""
-        share = self.config.slots * self.config.batch_size // max(1, len(self.instances))
+        share = self.config.slots * self.config.batch_size // max(1, len(self.instances) + opening)
         self.ahead = max(BLOCK, share)
 
     def on_worker(self, worker: int, kind: Msg, fields: list[Any]) -> None:
@@ -286,13 +304,14 @@ class MuxProcess:
             for iid, ready, ended in fields[0]:
                 inst = self.instances.get(iid)
                 if inst is not None:
-                    inst.known, inst.ended = ready, ended
+                    inst.known = max(inst.known, ready)
+                    inst.ended = inst.ended or ended
         elif kind is Msg.FILLED:
             slot, objects, busy = fields
             self.busy[worker] = busy
             self.on_filled(slot, worker, objects)
         elif kind is Msg.HELLO:
-            self.hello.add(worker)
+            self.on_hello(worker, fields[1])
         elif kind is Msg.SCHEMA:
             self.to_trainer(Msg.SCHEMA, fields[0])
         elif kind is Msg.SKIPPED:
@@ -301,6 +320,30 @@ class MuxProcess:
             self.failed = True
             self.to_trainer(Msg.ERROR, *fields)
 
+    def on_hello(self, worker: int, generation: int) -> None:
+        """A worker process (first or restarted) is up: bring it to the state the mux expects of it.
+
+        It gets the segment, every live instance it hosted reopened past the samples
+        already written (replayed, so the rest come out identical), and every FILL it
+        owes, in order. RESET first: the worker ignores whatever reached it before.
+        """
+        if generation <= self.generation.get(worker, -1):
+            return
+        self.generation[worker] = generation
+        self.down.discard(worker)
+        self.hello.add(worker)
+        self.to_worker(worker, Msg.RESET, generation)
+        if self.segment is not None:
+            self.to_worker(worker, Msg.SEGMENT, *self.segment)
+        for iid in sorted(self.instances.keys()):
+            inst = self.instances.get(iid)
+            if inst is not None and inst.worker == worker:
+                inst.requested = inst.filled
+                self.to_worker(worker, Msg.OPEN, *inst.open_args, inst.filled)
+        for filling in sorted(self.filling.values(), key=lambda f: f.seq):
+            if worker in filling.waiting and self.segment is not None:
+                self.send_worker(worker, filling.messages[worker])
+
     def on_trainer(self, kind: Msg, fields: list[Any]) -> None:
         if kind is Msg.FREE:
             self.free.append(fields[0])
@@ -308,9 +351,9 @@ class MuxProcess:
             self.segment = fields
             for w in range(self.config.num_workers):
                 self.to_worker(w, Msg.SEGMENT, *fields)
-            for worker, message in self.unsent_fills:
-                self.send_worker(worker, message)
-            self.unsent_fills = []
+            for filling in sorted(self.filling.values(), key=lambda f: f.seq):
+                for worker, message in filling.messages.items():
+                    self.send_worker(worker, message)
         elif kind is Msg.EPOCH:
             self.epoch_wanted = True
         elif kind is Msg.WEIGHTS:
@@ -326,6 +369,8 @@ class MuxProcess:
             "samples": dict(self.samples),
             "skipped": self.skipped,
             "worker_busy_seconds": {str(w): s for w, s in sorted(self.busy.items())},
+            "waiting_on": sorted({w for f in self.filling.values() for w in f.waiting}
+                                 | ({self.awaiting} if self.awaiting is not None else set())),
             "slots_free": len(self.free),
             "slots_filling": len(self.filling) + len(self.done),
             "batches_assigned": self.seq,
@@ -357,11 +402,12 @@ class MuxProcess:
                        .generate_state(2, np.uint64)[0] >> np.uint64(1))
             iid = self.next_iid
             self.next_iid += 1
-            inst = RemoteInstance(self, iid, worker, budget if len(workers) == 1 else None, label)
+            own_budget = budget if len(workers) == 1 else None
+            self.update_lookahead(1)
+            args = [iid, -1 if index is None else index, replica, len(workers), own_budget, seed, self.ahead, pickled]
+            inst = RemoteInstance(self, iid, worker, own_budget, label, args)
             self.instances[iid] = inst
-            self.update_lookahead()
-            self.to_worker(worker, Msg.OPEN, iid, -1 if index is None else index, replica, len(workers),
-                           budget, seed, self.ahead, pickled)
+            self.to_worker(worker, Msg.OPEN, *args, 0)
             replicas.append(inst)
         if len(replicas) == 1:
             return replicas[0]
@@ -490,25 +536,30 @@ class MuxProcess:
             first = min(parts, key=lambda part: part[1][0])[0]
             self.to_worker(first.worker, Msg.DESCRIBE, first.iid)
         per_worker: dict[int, list[list[Any]]] = {}
+        owed: dict[int, list[tuple[RemoteInstance, int]]] = {}
         for inst, r in parts:
             self.samples[inst.label] += len(r)
             per_worker.setdefault(inst.worker, []).append([inst.iid, r.astype(np.uint32).tobytes()])
+            owed.setdefault(inst.worker, []).append((inst, len(r)))
         discard = ended and self.config.last_batch == "drop"
-        self.filling[slot] = _Filling(self.seq, self.epoch, self.epoch_index, rows, set(per_worker), discard)
+        messages = {worker: encode(Msg.FILL, slot, wire) for worker, wire in per_worker.items()}
+        self.filling[slot] = _Filling(self.seq, self.epoch, self.epoch_index, rows, set(per_worker), discard,
+                                      messages, owed)
         self.seq += 1
         self.epoch_index += 0 if discard else 1
         self.epoch_rows += rows
-        for worker, wire in per_worker.items():
-            message = encode(Msg.FILL, slot, wire)
-            if self.segment is None:
-                self.unsent_fills.append((worker, message))
-            else:
+        if self.segment is not None:
+            for worker, message in messages.items():
                 self.send_worker(worker, message)
         return not ended
 
     def on_filled(self, slot: int, worker: int, objects: dict[int, list[Any]]) -> None:
         filling = self.filling[slot]
+        if worker not in filling.waiting:
+            return
         filling.waiting.discard(worker)
+        for inst, count in filling.parts.pop(worker):
+            inst.filled += count
         filling.objects.update(objects)
         if filling.waiting:
             return
@@ -528,9 +579,6 @@ class MuxProcess:
     def run(self) -> None:
         while len(self.hello) < self.config.num_workers:
             self.pump(POLL_MS)
-        if self.segment is not None:
-            for w in range(self.config.num_workers):
-                self.to_worker(w, Msg.SEGMENT, *self.segment)
         while True:
             if self.driver is None and self.epoch_wanted and not self.failed:
                 self.epoch_wanted = False
@@ -555,18 +603,15 @@ def mux_main(config: MuxConfig) -> None:
         proc.run()
     except _Stop:
         pass
-    except _WorkerGone as gone:
-        with contextlib.suppress(zmq.ZMQError):
-            proc.to_trainer(Msg.ERROR, "died", str(gone), None, gone.worker, "", None)
     except Exception as exc:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        with contextlib.suppress(zmq.ZMQError):
+        with contextlib.suppress(zmq.ZMQError, _Stop):
             proc.to_trainer(Msg.ERROR, "internal", f"mux process: {type(exc).__name__}: {exc}", None, -1, tb, None)
         raise
     finally:
         proc.stopping = True
         for w in proc.hello:
-            with contextlib.suppress(zmq.ZMQError, _WorkerGone):
+            with contextlib.suppress(zmq.ZMQError):
                 proc.to_worker(w, Msg.STOP)
         if os.getppid() != config.parent_pid and proc.segment is not None:
             _shm.unlink(proc.segment[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gc
 import math
 import multiprocessing
@@ -30,11 +31,13 @@ from ._errors import (
     ArgumentError,
     DataError,
     PoolClosedError,
+    PoolStartError,
     PoolTimeoutError,
     SchemaError,
     SlotsExhaustedError,
     WorkerDiedError,
     WorkerError,
+    add_note,
 )
 from ._mux import BLOCK, BaseMux, check_weights
 from ._muxproc import MuxConfig, mux_main
@@ -46,8 +49,11 @@ from ._worker import RECONNECT_MS, WorkerConfig, worker_main
 POLL_MS = 100
 """Longest wait for a message before the trainer checks that every process lives."""
 
-DEATH_SECONDS = 1.0
-"""How long to wait for the exit status of a worker the mux process found unreachable."""
+STATS_MS = 500
+"""How long a timeout report waits for the mux process to say which workers it waits on."""
+
+CHECK_SECONDS = 0.2
+"""How often the trainer checks that every process lives, even while batches flow."""
 
 STOP_SEND_MS = 500
 """How long close() may wait for its STOP to reach the mux process (its socket may still be connecting)."""
@@ -71,6 +77,7 @@ class PoolOptions:
         last_batch: "partial" (a shorter last batch), "drop", or "pad" (full size; `batch.size` rows valid).
         on_error: "raise" (WorkerError in the trainer) or "skip" (drop the sample, count it in stats()).
         timeout: seconds to wait for one batch before PoolTimeoutError; None waits for ever.
+        max_restarts: worker deaths the pool recovers from (restarting the worker) before it gives up.
         start_method: multiprocessing start method of the processes.
     """
 
@@ -81,6 +88,7 @@ class PoolOptions:
     last_batch: str
     on_error: str
     timeout: float | None
+    max_restarts: int
     start_method: str
 
     def __post_init__(self) -> None:
@@ -88,6 +96,8 @@ class PoolOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ArgumentError(f"Pool: {name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ArgumentError(f"Pool: max_restarts must be an integer >= 0, got {self.max_restarts!r}")
         if self.batch_size >= 2**32:
             raise ArgumentError(f"Pool: batch_size must be below 2**32, got {self.batch_size}")
         if self.last_batch not in ("partial", "drop", "pad"):
@@ -225,7 +235,7 @@ class Pool:
     def __init__(self, source: Any, *, batch_size: int, workers: int | None = None, prefetch: int | None = None,
                  seed: int | None = None, transform: Callable[[Any], Any] | None = None, schema: Any = None,
                  last_batch: str = "partial", on_error: str = "raise", timeout: float | None = None,
-                 start_method: str | None = None) -> None:
+                 max_restarts: int = 3, start_method: str | None = None) -> None:
         self._res = _Resources()
         self._closed = True
         if not isinstance(source, Streamer):
@@ -239,7 +249,7 @@ class Pool:
             batch_size=batch_size, workers=n_workers,
             prefetch=prefetch if prefetch is not None else default_prefetch(n_workers),
             seed=secrets.randbits(63) if seed is None else seed, last_batch=last_batch, on_error=on_error,
-            timeout=timeout, start_method=start_method or default_start_method(),
+            timeout=timeout, max_restarts=max_restarts, start_method=start_method or default_start_method(),
         )
         self.options = options
         self._schema = Schema.coerce(schema) if schema is not None else None
@@ -261,23 +271,15 @@ class Pool:
         self._slot_arrays: list[tuple[int, int, Any]] = []
         self._layout: tuple[list[int], int] | None = None
         segment = self._create_segment(self._schema) if self._schema is not None else None
-        mp = multiprocessing.get_context(opts.start_method)
+        self._mp = multiprocessing.get_context(opts.start_method)
         me = os.getpid()
         mux = MuxConfig(tree.source, tree.leaves, tree.placement, tree.labels, opts.workers, opts.batch_size,
                         opts.prefetch, opts.last_batch, worker_endpoint, trainer_endpoint, me, opts.seed, segment)
+        self._worker_config = WorkerConfig(0, opts.workers, worker_endpoint, tree.leaves, transform, opts.on_error, me)
         try:
-            with warnings.catch_warnings():
-                # Python >= 3.12 warns on fork whenever native threads exist (numpy's BLAS pool has them);
-                # our children never use state those threads hold, and fork is the method asked for.
-                warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
-                proc = mp.Process(target=mux_main, args=(mux,), name="prefetch-mux", daemon=True)
-                proc.start()
-                res.processes.append(("mux process", proc))
-                for w in range(opts.workers):
-                    config = WorkerConfig(w, opts.workers, worker_endpoint, tree.leaves, transform, opts.on_error, me)
-                    proc = mp.Process(target=worker_main, args=(config,), name=f"prefetch-worker-{w}", daemon=True)
-                    proc.start()
-                    res.processes.append((f"worker {w}", proc))
+            res.processes.append(("mux process", self._launch(mux_main, mux, "prefetch-mux")))
+            for w in range(opts.workers):
+                res.processes.append((f"worker {w}", self._launch_worker(w, 0)))
         except Exception:
             res.shutdown()
             raise
@@ -286,6 +288,9 @@ class Pool:
         res.sock.setsockopt(zmq.LINGER, 0)
         res.sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         res.sock.connect(trainer_endpoint)
+        self._restarts = 0
+        self._generations = [0] * opts.workers
+        self._next_check = 0.0
         self._frees: deque[int] = deque()
         self._inbox: deque[tuple[Msg, list[Any]]] = deque()
         self._held = 0
@@ -295,6 +300,23 @@ class Pool:
         self._wait = 0.0
         self._first_next: float | None = None
         self._started = time.perf_counter()
+
+    def _launch(self, target: Callable[[Any], None], config: Any, name: str) -> Any:
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns on fork whenever native threads exist (numpy's BLAS pool, zmq's IO thread);
+            # children never use what those threads hold, and fork is the method asked for.
+            warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+            proc = self._mp.Process(target=target, args=(config,), name=name, daemon=True)
+            try:
+                proc.start()
+            except OSError as exc:
+                raise PoolStartError(f"Pool: could not start {name} ({exc}); lower workers= or free resources") \
+                    from exc
+        return proc
+
+    def _launch_worker(self, worker: int, generation: int) -> Any:
+        config = dataclasses.replace(self._worker_config, worker_id=worker, generation=generation)
+        return self._launch(worker_main, config, f"prefetch-worker-{worker}")
 
     def _create_segment(self, schema: Schema) -> list[Any]:
         opts = self.options
@@ -332,6 +354,8 @@ class Pool:
                         "them are still alive), so no batch can be filled; copy the arrays you keep "
                         "(np.array(batch['x'])), call batch.release(), or raise Pool(prefetch=...)"
                     )
+            if time.monotonic() >= self._next_check:
+                self._check_processes()
             if sock.poll(POLL_MS):
                 kind, fields = decode(sock.recv())
                 if kind is Msg.SCHEMA:
@@ -342,23 +366,43 @@ class Pool:
                 return kind, fields
             self._check_processes()
             if deadline is not None and time.monotonic() > deadline:
+                waiting = self._waiting_on()
                 self.close()
-                raise PoolTimeoutError(f"no batch arrived within timeout={self.options.timeout} s")
+                raise PoolTimeoutError(f"no batch arrived within timeout={self.options.timeout} s; {waiting}")
+
+    def _waiting_on(self) -> str:
+        """Which workers the unfinished batches wait on, asked of the mux process (briefly)."""
+        sock = self._res.sock
+        sock.send(encode(Msg.STATS))
+        if sock.poll(STATS_MS):
+            kind, fields = decode(sock.recv())
+            if kind is Msg.STATS:
+                workers = fields[0]["waiting_on"]
+                return f"batches are waiting on worker(s) {workers}" if workers else "no batch is being filled"
+            self._inbox.append((kind, fields))
+        return "the mux process does not answer"
 
     def _check_processes(self) -> None:
-        for name, proc in self._res.processes:
+        """Restart a dead worker while restarts remain; raise for the mux process or past the limit."""
+        self._next_check = time.monotonic() + CHECK_SECONDS
+        for i, (name, proc) in enumerate(self._res.processes):
             code = proc.exitcode
-            if code is not None:
+            if code is None:
+                continue
+            if i == 0 or self._restarts >= self.options.max_restarts:
                 self.close()
-                raise WorkerDiedError(name, code)
+                error = WorkerDiedError(name, code)
+                if i:
+                    add_note(error, f"the pool had restarted workers {self._restarts} times (max_restarts="
+                                    f"{self.options.max_restarts})")
+                raise error
+            self._restarts += 1
+            worker = i - 1
+            self._generations[worker] += 1
+            proc.close()
+            self._res.processes[i] = (name, self._launch_worker(worker, self._generations[worker]))
 
     def _fail(self, kind: str, message: str, stream: str | None, worker: int, tb: str, pickled: Any) -> None:
-        if kind == "died":
-            name, proc = self._res.processes[1 + worker]
-            proc.join(DEATH_SECONDS)
-            code = proc.exitcode
-            self.close()
-            raise WorkerDiedError(name, code)
         self.close()
         if kind == "schema":
             raise (SchemaError if "schema" in message or "field" in message else DataError)(message)
@@ -468,6 +512,7 @@ class Pool:
                 "held": self._held,
             },
             "epoch": mux["epoch"],
+            "restarts": self._restarts,
             "seed": self.options.seed,
         }
 

@@ -23,11 +23,12 @@ class Msg(IntEnum):
     """Message kinds. Arrows give the direction: T trainer, M mux process, W worker."""
 
     HELLO = 1
-    """W->M (worker id): the worker is up and listening."""
+    """W->M (worker id, generation): the worker process is up; it ignores everything until RESET."""
     OPEN = 2
-    """M->W (iid, leaf, replica, num_replicas, budget, seed, window, pickled streamer or None): start an instance.
+    """M->W (iid, leaf, replica, num_replicas, budget, seed, window, pickled streamer or None, skip): start an instance.
 
-    The worker keeps `window` samples of it ready ahead of the rows filled so far (never past `budget`)."""
+    The worker replays and drops its first `skip` samples (they were written before a restart), then keeps
+    `window` samples ready ahead of the rows filled so far (never past `budget`)."""
     WANT = 3
     """M->W (iid, total): make at least the instance's first `total` samples ready (the mux is waiting)."""
     AVAIL = 4
@@ -62,6 +63,8 @@ class Msg(IntEnum):
     """W->M (count): samples dropped by on_error='skip' since the last report."""
     STOP = 19
     """T->M, M->W (): shut down."""
+    RESET = 20
+    """M->W (generation): what follows is the mux's view of this worker; drop anything received before."""
 
 
 def _default(obj: Any) -> Any:

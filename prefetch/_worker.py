@@ -15,6 +15,7 @@ import itertools
 import os
 import pickle
 import random
+import signal
 import time
 import traceback
 from collections import deque
@@ -41,8 +42,11 @@ RECONNECT_MS = 2
 PULL_STEP = 256
 """Most samples pulled from a stream between two looks at the clock."""
 
+REPLAY_STEP = 1024
+"""Samples replayed at a time when a restarted worker resumes an instance (bounds the memory it takes)."""
+
 PARENT_CHECK_MS = 500
-"""How often an idle worker checks that its parent (the trainer) is still alive."""
+"""How often a worker checks that its parent (the trainer) is still alive."""
 
 
 @dataclass
@@ -56,6 +60,7 @@ class WorkerConfig:
     transform: Callable[[Any], Any] | None
     on_error: str
     parent_pid: int
+    generation: int = 0
 
 
 @dataclass
@@ -89,14 +94,29 @@ class _Worker:
         self.busy = 0.0
         self.skipped = 0
         self.rng_owner: _Instance | None = None
+        self.synced = False
+        self.updated: dict[int, _Instance] = {}
         self.running = True
 
     def send(self, kind: Msg, *fields: Any) -> None:
-        self.sock.send(encode(kind, *fields))
+        """Send to the mux process; if it cannot be reached and the trainer is gone, exit."""
+        message = encode(kind, *fields)
+        while True:
+            try:
+                self.sock.send(message)
+                return
+            except zmq.Again:
+                if os.getppid() != self.config.parent_pid:
+                    raise SystemExit(0) from None
 
     def run(self) -> None:
-        self.send(Msg.HELLO, self.config.worker_id)
+        self.send(Msg.HELLO, self.config.worker_id, self.config.generation)
+        next_check = time.monotonic() + PARENT_CHECK_MS / 1000
         while self.running:
+            if time.monotonic() >= next_check:
+                if os.getppid() != self.config.parent_pid:
+                    return
+                next_check = time.monotonic() + PARENT_CHECK_MS / 1000
             idle = not self.queue
             if self.sock.poll(PARENT_CHECK_MS if idle else 0):
                 while self.running and self.sock.poll(0):
@@ -107,13 +127,13 @@ class _Worker:
                         self.fail("schema", exc, None, f"worker {self.config.worker_id}")
                     except Exception as exc:
                         self.fail("internal", exc, None, f"worker {self.config.worker_id} handling {kind.name}")
-            elif idle:
-                if os.getppid() != self.config.parent_pid:
-                    return
-            else:
+            elif not idle:
                 self.produce_round()
 
     def handle(self, kind: Msg, fields: list[Any]) -> None:
+        if not self.synced:
+            self.synced = kind is Msg.RESET and fields[0] == self.config.generation
+            return
         if kind is Msg.FILL:
             self.fill(*fields)
         elif kind is Msg.WANT:
@@ -153,7 +173,7 @@ class _Worker:
             self.queue.append(inst.iid)
 
     def open(self, iid: int, leaf: int, replica: int, num_replicas: int, budget: int | None, seed: int,
-             window: int, pickled: Any) -> None:
+             window: int, pickled: Any, skip: int) -> None:
         streamer = pickled if pickled is not None else self.config.leaves[leaf]
         info = WorkerInfo(self.config.worker_id, self.config.num_workers, replica, num_replicas, seed)
         inst = _Instance(iid, repr(streamer), info, iter(()), budget, window)
@@ -165,27 +185,39 @@ class _Worker:
         random.seed(seed)
         self.rng_owner = inst
         self.instances[iid] = inst
+        self.replay(inst, skip)
         self.schedule(inst)
+
+    def replay(self, inst: _Instance, skip: int) -> None:
+        """Produce and drop the first `skip` samples, as a restarted worker must to resume an instance exactly."""
+        while inst.produced < skip and not inst.ended:
+            inst.wanted = min(skip, inst.produced + REPLAY_STEP)
+            if not self.produce(inst, time.perf_counter()):
+                return
+            inst.ready.clear()
+        inst.wanted = inst.produced
 
     def produce_round(self) -> None:
         """Produce for the queued instances (within one chunk of time) and report them in one AVAIL."""
         start = time.perf_counter()
-        updates = []
         for iid in list(self.queue):
             inst = self.instances.get(iid)
-            if inst is not None and not inst.ended and inst.produced < inst.wanted:
-                if not self.produce(inst, start):
-                    return
-                updates.append([iid, inst.produced, inst.ended])
+            if inst is not None and not inst.ended and inst.produced < inst.wanted and not self.produce(inst, start):
+                return
             if inst is None or inst.ended or inst.produced >= inst.wanted:
                 self.queue.remove(iid)
             if time.perf_counter() - start > CHUNK_SECONDS:
                 break
+        self.report()
+
+    def report(self) -> None:
+        """Tell the mux what production made ready (one AVAIL for every instance produced since)."""
         if self.skipped:
             self.send(Msg.SKIPPED, self.skipped)
             self.skipped = 0
-        if updates:
-            self.send(Msg.AVAIL, updates)
+        if self.updated:
+            self.send(Msg.AVAIL, [[i.iid, i.produced, i.ended] for i in self.updated.values()])
+            self.updated.clear()
 
     def use_rng_of(self, inst: _Instance) -> None:
         """Load the instance's `random` and `numpy.random` state, saving the previous owner's."""
@@ -211,6 +243,7 @@ class _Worker:
             return False
         finally:
             inst.produced += len(inst.ready) - before
+            self.updated[inst.iid] = inst
             set_worker_info(None)
             self.busy += time.perf_counter() - begin
         return True
@@ -305,6 +338,13 @@ class _Worker:
                 inst = self.instances[iid]
                 rows = np.frombuffer(rows, np.uint32)
                 ready = inst.ready
+                while len(ready) < len(rows) and not inst.ended:
+                    inst.wanted = max(inst.wanted, inst.produced + len(rows) - len(ready))
+                    if not self.produce(inst, time.perf_counter()):
+                        return
+                if len(ready) < len(rows):
+                    raise PrefetchError(f"stream {inst.name} ended after {inst.produced} samples, before the rows "
+                                        "it was assigned; it does not yield the same samples when restarted")
                 samples = [ready.popleft() for _ in range(len(rows))]
                 objects.update(self.writer.write_many(samples, rows, arrays, f"stream {inst.name}"))
                 self.schedule(inst)
@@ -312,6 +352,7 @@ class _Worker:
             self.fail("schema", exc, inst, f"worker {self.config.worker_id}")
             return
         self.busy += time.perf_counter() - start
+        self.report()
         self.send(Msg.FILLED, slot, objects, self.busy)
 
     def close(self) -> None:
@@ -323,7 +364,8 @@ class _Worker:
 
 
 def worker_main(config: WorkerConfig) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process. Ctrl-C is the trainer's to handle: workers ignore SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, b"w%d" % config.worker_id)
@@ -331,6 +373,7 @@ def worker_main(config: WorkerConfig) -> None:
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+    sock.setsockopt(zmq.SNDTIMEO, PARENT_CHECK_MS)
     sock.connect(config.endpoint)
     worker = _Worker(config, sock)
     try:

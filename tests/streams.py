@@ -83,3 +83,39 @@ def add_pid(sample):
 def not_a_sample(n):
     for i in range(n):
         yield [i]
+
+
+def exit_once_at(n, at, marker, code=123):
+    """Exits the whole worker process at sample `at`, the first time only (a marker file remembers)."""
+    for i in range(n):
+        if i == at and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(code)
+        yield {"x": np.full(4, i, np.int64), "y": np.int64(i)}
+
+
+def exit_always_at(n, at, code=123):
+    for i in range(n):
+        if i == at:
+            os._exit(code)
+        yield {"y": np.int64(i)}
+
+
+def stuck_at(n, at):
+    for i in range(n):
+        while i == at:
+            pass
+        yield {"y": np.int64(i)}
+
+
+def slow_numbered(tag, n, seconds):
+    for i in range(n):
+        time.sleep(seconds)
+        yield {"x": np.full(4, tag * 1_000_000 + i, np.int64), "y": np.int64(i), "tag": np.int64(tag)}
+
+
+def random_walk(tag, n):
+    """Deterministic per seed, and uses the global numpy RNG: a restart must replay it exactly."""
+    for i in range(n):
+        yield {"x": np.full(4, tag * 1_000_000 + i, np.int64), "r": np.float64(np.random.random()),
+               "tag": np.int64(tag)}

@@ -366,7 +366,7 @@ def test_unpicklable_stream_under_spawn_fails_at_construction():
 
 
 def test_a_killed_worker_is_reported_not_waited_on():
-    with Pool(Streamer(streams.slow, 10_000, 0.01), batch_size=4, workers=1) as pool:
+    with Pool(Streamer(streams.slow, 10_000, 0.01), batch_size=4, workers=1, max_restarts=0) as pool:
         it = iter(pool)
         next(it)
         _, worker = pool._res.processes[1]
