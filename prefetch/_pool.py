@@ -29,11 +29,10 @@ from . import _shm
 from ._batch import Batch, slot_views
 from ._errors import (
     ArgumentError,
-    DataError,
     PoolClosedError,
     PoolStartError,
     PoolTimeoutError,
-    SchemaError,
+    PrefetchError,
     SlotsExhaustedError,
     WorkerDiedError,
     WorkerError,
@@ -100,6 +99,10 @@ class PoolOptions:
             raise ArgumentError(f"Pool: max_restarts must be an integer >= 0, got {self.max_restarts!r}")
         if self.batch_size >= 2**32:
             raise ArgumentError(f"Pool: batch_size must be below 2**32, got {self.batch_size}")
+        limit = process_limit()
+        if limit is not None and self.workers + 1 > limit:
+            raise ArgumentError(f"Pool: workers={self.workers} needs {self.workers + 1} processes, but this user may "
+                                f"run at most {limit} (RLIMIT_NPROC); lower workers=")
         if self.last_batch not in ("partial", "drop", "pad"):
             raise ArgumentError(f"Pool: last_batch must be 'partial', 'drop' or 'pad', got {self.last_batch!r}")
         if self.on_error not in ("raise", "skip"):
@@ -109,6 +112,16 @@ class PoolOptions:
         if self.start_method not in multiprocessing.get_all_start_methods():
             raise ArgumentError(f"Pool: start_method must be one of {multiprocessing.get_all_start_methods()}, "
                                 f"got {self.start_method!r}")
+
+
+def process_limit() -> int | None:
+    """The most processes this user may run, where the system sets a limit."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def default_prefetch(workers: Any) -> int:
@@ -403,13 +416,15 @@ class Pool:
             self._res.processes[i] = (name, self._launch_worker(worker, self._generations[worker]))
 
     def _fail(self, kind: str, message: str, stream: str | None, worker: int, tb: str, pickled: Any) -> None:
+        """Close the pool and raise: the worker's own PrefetchError for bad data, else WorkerError."""
         self.close()
-        if kind == "schema":
-            raise (SchemaError if "schema" in message or "field" in message else DataError)(message)
         original = None
         if pickled is not None:
             with contextlib.suppress(Exception):
                 original = pickle.loads(pickled)
+        if kind == "schema" and isinstance(original, PrefetchError):
+            add_note(original, f"found by worker {worker}")
+            raise original
         raise WorkerError(message, stream, worker, tb, original) from original
 
     # --- iteration --------------------------------------------------------------------------------

@@ -14,10 +14,28 @@ def _parser() -> argparse.ArgumentParser:
                        help="comma-separated subset of small, image, cpu, mux (default: all)")
     bench.add_argument("--workers", type=int, default=2, help="worker processes for prefetch and DataLoader")
     bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
-    bench.add_argument("--quick", action="store_true", help="1 s per measurement, no DataLoader sweep")
+    bench.add_argument("--quick", action="store_true", help="at most 1 s per measurement, no DataLoader sweep")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    doctor = commands.add_parser("doctor", help="list (and with --clean remove) shared memory left by dead pools")
+    doctor.add_argument("--clean", action="store_true", help="unlink the segments listed")
     return parser
+
+
+def _doctor(clean: bool) -> int:
+    from . import _shm
+
+    stale = _shm.stale_segments()
+    if not stale:
+        print("no shared memory left by dead pools")
+        return 0
+    for name in stale:
+        size = (_shm.SHM_DIR / name).stat().st_size
+        print(f"{name}  {size / 1e6:,.1f} MB  owner pid {_shm.owner_pid(name)} is gone")
+        if clean:
+            _shm.unlink(name)
+    print(f"{'removed' if clean else 'found'} {len(stale)} segment(s)" + ("" if clean else "; --clean removes them"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in WORKLOADS]
         if unknown:
             parser.error(f"unknown workloads {unknown}; choose from {sorted(WORKLOADS)}")
-        seconds = 1.0 if args.quick else args.seconds
+        seconds = min(args.seconds, 1.0) if args.quick else args.seconds
         return run(names, args.workers, seconds, not args.quick, args.json, not args.no_progress)
+    if args.command == "doctor":
+        return _doctor(args.clean)
     parser.print_help()
     return 0
 

@@ -119,3 +119,9 @@ def random_walk(tag, n):
     for i in range(n):
         yield {"x": np.full(4, tag * 1_000_000 + i, np.int64), "r": np.float64(np.random.random()),
                "tag": np.int64(tag)}
+
+
+def with_bad_sample(n, at, bad):
+    """n good {"x": float32[3], "y": int64} samples, except sample `at`, which is `bad`."""
+    for i in range(n):
+        yield bad if i == at else {"x": np.full(3, i, np.float32), "y": np.int64(i)}
