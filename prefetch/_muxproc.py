@@ -72,10 +72,8 @@ class RemoteInstance:
         return self
 
     def __next__(self) -> RemoteInstance:
-        if self.assigned >= self.known:
-            self.proc.await_ready(self)
-            if self.assigned >= self.known:
-                raise StopIteration
+        if self.assigned >= self.known and self.ensure(1) == 0:
+            raise StopIteration
         self.assigned += 1
         return self
 
@@ -92,7 +90,7 @@ class RemoteInstance:
     def take(self, n: int) -> list[tuple[RemoteInstance, int]]:
         """Up to n rows at once; fewer only when the instance ends."""
         if self.assigned >= self.known:
-            self.proc.await_ready(self)
+            self.ensure(1)
         k = min(n, self.known - self.assigned)
         self.assigned += k
         return [(self, k)] if k else []
@@ -421,9 +419,6 @@ class MuxProcess:
         if target > inst.requested:
             inst.requested = target
             self.to_worker(inst.worker, Msg.WANT, inst.iid, target)
-
-    def await_ready(self, inst: RemoteInstance) -> None:
-        inst.ensure(1)
 
     # --- epochs and slots -------------------------------------------------------------------------
 
