@@ -1,0 +1,1 @@
+"""Data volumes: versioned files plus metadata, queried, split and streamed into training."""
