@@ -24,6 +24,11 @@ from ._mux import BaseMux, ChainMux, RoundRobinMux, ShuffledMux, StochasticMux
 from ._pool import Pool
 from ._streamer import Streamer, streamable
 from ._worker_info import WorkerInfo, worker_info
+from .volumes.index import VolumeError
+from .volumes.loader import DataGenerator, Loader, bind_data_generator
+from .volumes.query import QuerySyntaxError
+from .volumes.selection import DataPoint
+from .volumes.store import QueryResult, Volume
 
 __version__ = "0.1.0"
 
@@ -33,22 +38,30 @@ __all__ = [
     "Batch",
     "ChainMux",
     "DataError",
+    "DataGenerator",
+    "DataPoint",
     "EmptyStreamError",
+    "Loader",
     "MuxStarvedError",
     "Pool",
     "PoolClosedError",
     "PoolStartError",
     "PoolTimeoutError",
     "PrefetchError",
+    "QueryResult",
+    "QuerySyntaxError",
     "RoundRobinMux",
     "SchemaError",
     "ShuffledMux",
     "SlotsExhaustedError",
     "StochasticMux",
     "Streamer",
+    "Volume",
+    "VolumeError",
     "WorkerDiedError",
     "WorkerError",
     "WorkerInfo",
+    "bind_data_generator",
     "buffer_stream",
     "streamable",
     "worker_info",

@@ -402,7 +402,8 @@ class MuxProcess:
             self.next_iid += 1
             own_budget = budget if len(workers) == 1 else None
             self.update_lookahead(1)
-            args = [iid, -1 if index is None else index, replica, len(workers), own_budget, seed, self.ahead, pickled]
+            args = [iid, -1 if index is None else index, replica, len(workers), own_budget, seed, activation,
+                    self.ahead, pickled]
             inst = RemoteInstance(self, iid, worker, own_budget, label, args)
             self.instances[iid] = inst
             self.to_worker(worker, Msg.OPEN, *args, 0)

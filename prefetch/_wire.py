@@ -25,7 +25,7 @@ class Msg(IntEnum):
     HELLO = 1
     """W->M (worker id, generation): the worker process is up; it ignores everything until RESET."""
     OPEN = 2
-    """M->W (iid, leaf, replica, num_replicas, budget, seed, window, pickled streamer or None, skip): start an instance.
+    """M->W (iid, leaf, replica, replicas, budget, seed, activation, window, pickled or None, skip): start an instance.
 
     The worker replays and drops its first `skip` samples (they were written before a restart), then keeps
     `window` samples ready ahead of the rows filled so far (never past `budget`)."""

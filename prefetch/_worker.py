@@ -173,9 +173,9 @@ class _Worker:
             self.queue.append(inst.iid)
 
     def open(self, iid: int, leaf: int, replica: int, num_replicas: int, budget: int | None, seed: int,
-             window: int, pickled: Any, skip: int) -> None:
+             activation: int, window: int, pickled: Any, skip: int) -> None:
         streamer = pickled if pickled is not None else self.config.leaves[leaf]
-        info = WorkerInfo(self.config.worker_id, self.config.num_workers, replica, num_replicas, seed)
+        info = WorkerInfo(self.config.worker_id, self.config.num_workers, replica, num_replicas, seed, activation)
         inst = _Instance(iid, repr(streamer), info, iter(()), budget, window)
         inst.iterator = streamer._iterate(budget)
         owner = self.rng_owner

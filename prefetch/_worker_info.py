@@ -16,6 +16,8 @@ class WorkerInfo:
         num_replicas: replicas of the stream (1 unless the stream runs as one replica per worker).
         seed: a seed for this stream activation, derived from the pool seed; distinct per
             replica and per activation, and the same from run to run for a fixed pool seed.
+        activation: how many times the pool started this stream before (for a stream that
+            is the whole source, the epoch number); the same for all replicas.
     """
 
     id: int
@@ -23,6 +25,7 @@ class WorkerInfo:
     replica: int
     num_replicas: int
     seed: int
+    activation: int = 0
 
 
 class _Current:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._errors import PrefetchError
+from .volumes import cli as volume_cli
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefetch", description="Keep a training loop fed.")
@@ -17,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="at most 1 s per measurement, no DataLoader sweep")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    volume_cli.add_parser(commands)
     doctor = commands.add_parser("doctor", help="list (and with --clean remove) shared memory left by dead pools")
     doctor.add_argument("--clean", action="store_true", help="unlink the segments listed")
     return parser
@@ -54,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(names, args.workers, seconds, not args.quick, args.json, not args.no_progress)
     if args.command == "doctor":
         return _doctor(args.clean)
+    if args.command == "volume":
+        try:
+            return volume_cli.run(args)
+        except PrefetchError as exc:
+            print(f"prefetch volume {args.action}: {exc}", file=sys.stderr)
+            return 1
     parser.print_help()
     return 0
 

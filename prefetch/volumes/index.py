@@ -8,6 +8,7 @@ over a million data points runs inside SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -48,8 +49,23 @@ class Index:
     def __init__(self, path: Path, readonly: bool = False) -> None:
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        self.batching = False
         if not readonly:
             self.db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Stage many data points in one SQLite transaction (much faster than one each)."""
+        self.db.execute("BEGIN")
+        self.batching = True
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        finally:
+            self.batching = False
 
     def close(self) -> None:
         self.db.close()
@@ -58,8 +74,7 @@ class Index:
 
     def stage(self, key: str, meta: dict[str, Any], files: dict[str, dict[str, Any]]) -> None:
         digest = hashlib.sha256(canonical([key, meta, files]).encode()).hexdigest()
-        with self.db:
-            self.db.execute("BEGIN")
+        with contextlib.nullcontext() if self.batching else self.transaction():
             self.db.execute("INSERT OR IGNORE INTO points (key, digest, meta, files) VALUES (?, ?, ?, ?)",
                             (key, digest, canonical(meta), canonical(files)))
             pid = self.db.execute("SELECT pid FROM points WHERE digest = ?", (digest,)).fetchone()[0]

@@ -1,0 +1,184 @@
+"""bind_data_generator: stream a volume query into training through the pool.
+
+Each phase is one replicated stream over its data points. All replicas draw the same
+per-epoch permutation (seeded by the pool seed and the epoch); replica r reads the
+batches r, r + R, r + 2R, ... of it, and the pool takes a batch from each replica in
+turn, so the order is the permutation's whatever the number of workers, and every
+data point appears exactly once per epoch. Workers fetch files ahead of need into the
+local cache with a few threads, so the first batch waits only for its own files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._batch import Batch
+from .._errors import ArgumentError
+from .._pool import Pool
+from .._streamer import Streamer
+from .._worker_info import worker_info
+from .cache import parse_size
+from .selection import PHASES, DataPoint
+from .store import Source, Volume
+
+FETCH_THREADS = 8
+"""Files a worker fetches at once, ahead of the sample it is deserializing."""
+
+
+@dataclass(frozen=True)
+class Items:
+    """What a worker needs to turn data point number i of a phase into a sample."""
+
+    source: Source
+    points: tuple[DataPoint, ...]
+    callback: Callable[[list[str], list[dict[str, Any]]], Any]
+    batch_size: int
+    shuffle: bool
+    seed: int
+
+    def order(self, epoch: int) -> np.ndarray:
+        n = len(self.points)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def share(self, epoch: int, replica: int, replicas: int) -> np.ndarray:
+        """The data point numbers of this replica's batches, in order."""
+        order, size = self.order(epoch), self.batch_size
+        batches = [order[b * size:(b + 1) * size] for b in range(replica, math.ceil(len(order) / size), replicas)]
+        return np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
+
+
+def _fetch(items: Items, point: DataPoint, cache: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    names, metadatas = [], []
+    for name in sorted(point.files):
+        info = point.files[name]
+        names.append(str(items.source.file(info["sha256"], cache)))
+        metadatas.append({**point.metadata, "@id": point.id, "@name": name, "@size": info["size"]})
+    return names, metadatas
+
+
+def phase_samples(items: Items) -> Iterator[Any]:
+    """The samples of this replica's share of one epoch, files fetched a few data points ahead."""
+    info = worker_info()
+    epoch, replica, replicas = (info.activation, info.replica, info.num_replicas) if info else (0, 0, 1)
+    share = items.share(epoch, replica, replicas).tolist()
+    cache = None if items.source.local else items.source.cache()
+    with ThreadPoolExecutor(FETCH_THREADS) as threads:
+        pending: deque = deque()
+        upcoming = iter(share)
+        for j in upcoming:
+            pending.append(threads.submit(_fetch, items, items.points[j], cache))
+            if len(pending) >= 2 * FETCH_THREADS:
+                break
+        while pending:
+            names, metadatas = pending.popleft().result()
+            nxt = next(upcoming, None)
+            if nxt is not None:
+                pending.append(threads.submit(_fetch, items, items.points[nxt], cache))
+            yield items.callback(names, metadatas)
+
+
+class Loader:
+    """The batches of one phase, epoch after epoch, through a pool started on first use."""
+
+    def __init__(self, name: str, items: Items, drop_last: bool, workers: int | None,
+                 pool_options: dict[str, Any]) -> None:
+        self.name, self.items, self.drop_last, self.workers = name, items, drop_last, workers
+        self.pool_options = pool_options
+        self.pool: Pool | None = None
+
+    @property
+    def points(self) -> tuple[DataPoint, ...]:
+        return self.items.points
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n, size = len(self.items.points), self.items.batch_size
+        return n // size if self.drop_last else math.ceil(n / size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if len(self) == 0:
+            return iter(())
+        if self.pool is None:
+            workers = self.workers if self.workers is not None else None
+            self.pool = Pool(Streamer(phase_samples, self.items).replicated(), batch_size=self.items.batch_size,
+                             workers=workers, seed=self.items.seed,
+                             last_batch="drop" if self.drop_last else "pad", **self.pool_options)
+        return iter(self.pool)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def __repr__(self) -> str:
+        return f"Loader({self.name}: {len(self.items.points)} data points, {len(self)} batches per epoch)"
+
+
+class Phases(NamedTuple):
+    """The loaders of a split query, in @split order."""
+
+    train: Loader
+    test: Loader
+    validation: Loader
+
+
+class DataGenerator:
+    """A query bound to a volume and a deserialization callback; `flow()` gives its loaders."""
+
+    def __init__(self, volume: Volume | str, query: str, callback: Callable[..., Any], batch_size: int,
+                 drop_last: bool, workers: int | None, shuffle: bool, cache_dir: Any, cache_limit: Any,
+                 seed: int | None, pool_options: dict[str, Any]) -> None:
+        if not callable(callback):
+            raise ArgumentError(f"bind_data_generator: deserialization_callback must be callable, got {callback!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ArgumentError(f"bind_data_generator: batch_size must be an integer >= 1, got {batch_size!r}")
+        self.volume = Volume.open(volume, cache_dir, cache_limit) if not isinstance(volume, Volume) else volume
+        self.result = self.volume.query(query)
+        base = self.volume.source
+        self.source = Source(base.url, None if cache_dir is None else str(cache_dir),
+                             parse_size(cache_limit) if cache_limit is not None else base.cache_limit)
+        if cache_dir is None and base.cache_dir is not None:
+            self.source = Source(base.url, base.cache_dir, self.source.cache_limit)
+        self.callback, self.batch_size, self.drop_last = callback, batch_size, drop_last
+        self.workers, self.shuffle, self.pool_options = workers, shuffle, pool_options
+        self.seed = self.result.query.seed if seed is None else seed
+        self.loaders: list[Loader] = []
+
+    def _loader(self, name: str, points: list[DataPoint]) -> Loader:
+        items = Items(self.source, tuple(points), self.callback, self.batch_size, self.shuffle, self.seed)
+        loader = Loader(name, items, self.drop_last, self.workers, self.pool_options)
+        self.loaders.append(loader)
+        return loader
+
+    def flow(self) -> Phases | Loader:
+        """(train, test, validation) loaders for a query with @split; one loader otherwise."""
+        if self.result.query.split is None:
+            return self._loader("all", self.result.points)
+        return Phases(*(self._loader(name, self.result.phase(name)) for name in PHASES))
+
+    def close(self) -> None:
+        for loader in self.loaders:
+            loader.close()
+
+
+def bind_data_generator(volume: Volume | str, query: str, deserialization_callback: Callable[..., Any],
+                        batch_size: int = 32, drop_last: bool = True, workers: int | None = None,
+                        shuffle: bool = True, cache_dir: Any = None, cache_limit: Any = None,
+                        seed: int | None = None, **pool_options: Any) -> DataGenerator:
+    """Bind a volume query to a callback that turns a data point's files into a sample.
+
+    `deserialization_callback(file_names, metadatas)` runs in the workers with the local
+    paths of one data point's files (sorted by name) and one metadata dict per file (the
+    data point's metadata plus "@id", "@name" and "@size"); it returns a sample, an
+    (x, y) tuple or a dict. `drop_last=True` drops a short last batch; False pads it
+    with zeros (`batch.size` tells the valid rows). Other keyword arguments go to `Pool`.
+    """
+    return DataGenerator(volume, query, deserialization_callback, batch_size, drop_last, workers, shuffle,
+                         cache_dir, cache_limit, seed, pool_options)
