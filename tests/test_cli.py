@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -49,3 +50,47 @@ def test_bench_quick_writes_json(tmp_path):
     runners = {r["runner"] for r in data["results"]}
     assert {"prefetch", "in-process", "numpy.copyto"} <= runners
     assert all(r["samples_per_s"] > 0 for r in data["results"])
+
+
+def test_volume_commands_init_add_commit_log_query_clone(tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "cats").mkdir(parents=True)
+    (data / "dogs").mkdir()
+    for i in range(3):
+        (data / "cats" / f"c{i}.txt").write_text(f"cat {i}")
+        (data / "dogs" / f"d{i}.txt").write_text(f"dog {i}")
+    (data / "cats" / "folder.metadata.json").write_text(json.dumps({"c0.txt": {"label": "cat", "size": 0},
+                                                                     "c1.txt": {"label": "cat", "size": 1}}))
+    (data / "cats" / "c2.txt.metadata.json").write_text(json.dumps({"label": "cat", "size": 2}))
+    jsonl = tmp_path / "meta.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"name": f"dogs/d{i}.txt", "label": "dog", "size": i}) for i in range(3)))
+    vol = str(tmp_path / "vol")
+    assert main(["volume", "init", vol]) == 0
+    assert main(["volume", "add", vol, str(data), "--jsonl", str(jsonl)]) == 0
+    assert "staged 6 data points" in capsys.readouterr().out
+    assert main(["volume", "commit", vol, "-m", "pets"]) == 0
+    version = capsys.readouterr().out.strip()
+    assert len(version) == 40
+    assert main(["volume", "log", vol]) == 0
+    assert f"{version}          6 data points  pets" in capsys.readouterr().out
+    assert main(["volume", "query", vol, "label:cat AND size:>0"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["id"] for line in lines] == ["cats/c1.txt", "cats/c2.txt"]
+    dest = tmp_path / "out"
+    pattern = "$@phase/$label/$@name"
+    assert main(["volume", "clone", vol, "size:<2 @split:0.5:0.5", str(dest), "--pattern", pattern]) == 0
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*.txt"))
+    assert len(files) == 4
+    assert all(re.fullmatch(r"(train|test)/(cat|dog)/[cd][01]\.txt", f) for f in files)
+    copied = next(dest.rglob("c1.txt"))
+    assert copied.read_text() == "cat 1"
+    assert json.loads(copied.with_name("c1.txt.metadata.json").read_text()) == {"label": "cat", "size": 1}
+
+
+def test_volume_command_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["volume", "init", str(tmp_path / "v")]) == 0
+    assert main(["volume", "query", str(tmp_path / "v"), "label:"]) == 1
+    err = capsys.readouterr().err
+    assert "prefetch volume query: unexpected end of query at position 6" in err
+    assert main(["volume", "log", str(tmp_path / "missing")]) == 1
+    assert "is not a volume" in capsys.readouterr().err
