@@ -51,13 +51,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Backlogged(http.server.ThreadingHTTPServer):
+    request_queue_size = 128
+    """The standard library's default of 5 pending connections makes concurrent clients wait out SYN retries."""
+
+
 class Server:
     """A static file server for a folder on 127.0.0.1, adding `delay` seconds to every request."""
 
     def __init__(self, folder: Path, delay: float = 0.0) -> None:
         handler = type("Handler", (_QuietHandler,), {"delay": delay})
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                     functools.partial(handler, directory=str(folder)))
+        self.httpd = _Backlogged(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

@@ -59,8 +59,8 @@ def select(rows: Iterable[tuple[str, str, str]], query: Query) -> Iterator[DataP
     """The data points of (key, metadata json, files json) rows (ordered by key) that the query keeps."""
     kept = 0
     for key, meta_json, files_json in rows:
-        metadata = json.loads(meta_json)
-        group = group_of(key, metadata, query.group_by)
+        metadata = json.loads(meta_json) if query.group_by is not None else None
+        group = group_of(key, metadata, query.group_by) if metadata is not None else "id:" + key
         if query.sample is not None and unit(query.seed, "sample", group) >= query.sample:
             continue
         phase = None
@@ -68,7 +68,8 @@ def select(rows: Iterable[tuple[str, str, str]], query: Query) -> Iterator[DataP
             phase = phase_of(query.split, unit(query.seed, "phase", group))
             if phase is None:
                 continue
-        yield DataPoint(key, metadata, json.loads(files_json), phase)
+        yield DataPoint(key, metadata if metadata is not None else json.loads(meta_json), json.loads(files_json),
+                        phase)
         kept += 1
         if query.limit is not None and kept >= query.limit:
             return
