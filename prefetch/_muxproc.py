@@ -53,6 +53,9 @@ class MuxConfig:
     parent_pid: int
     seed: int
     segment: list[Any] | None
+    resume_seq: int = 0
+    weights_history: list[list[Any]] = field(default_factory=list)
+    rank: int = 0
 
 
 class RemoteInstance:
@@ -231,7 +234,7 @@ class MuxProcess:
         self.stopping = False
         self.slot_row = 0
         self.epoch_ends: dict[int, tuple[int, int]] = {}
-        self.pending_weights: dict[int, list[float]] = {}
+        self.pending_weights: dict[int, list[float]] = {int(at): w for at, w in config.weights_history}
         self.control = DriveControl(self.cap)
         self.samples: Counter[str] = Counter()
         self.skipped = 0
@@ -396,7 +399,7 @@ class MuxProcess:
         self.activations[key] += 1
         replicas = []
         for replica, worker in enumerate(workers):
-            seed = int(np.random.SeedSequence(self.config.seed, spawn_key=(key, activation, replica))
+            seed = int(np.random.SeedSequence(self.config.seed, spawn_key=(key, activation, replica, self.config.rank))
                        .generate_state(2, np.uint64)[0] >> np.uint64(1))
             iid = self.next_iid
             self.next_iid += 1
@@ -517,13 +520,35 @@ class MuxProcess:
                 self.block = None
         return parts
 
+    def plan(self) -> tuple[list[tuple[RemoteInstance, np.ndarray]], int, bool]:
+        """The rows of the next batch of the epoch as (parts, rows, ended)."""
+        self.slot_row = 0
+        parts = self.rows(self.config.batch_size)
+        rows = sum(len(r) for _, r in parts)
+        return parts, rows, rows < self.config.batch_size
+
+    def count(self, parts: list[tuple[RemoteInstance, np.ndarray]], rows: int, ended: bool) -> bool:
+        """Book a planned batch; True when it is a short last batch to drop."""
+        for inst, r in parts:
+            self.samples[inst.label] += len(r)
+        discard = ended and self.config.last_batch == "drop"
+        self.seq += 1
+        self.epoch_index += 0 if discard else 1
+        self.epoch_rows += rows
+        return discard
+
+    def end_epoch(self) -> None:
+        """The epoch's last batch is planned: announce its end once every batch before is ready."""
+        self.driver = None
+        if self.next_ready == self.seq:
+            self.to_trainer(Msg.END, self.epoch, self.epoch_index)
+        else:
+            self.epoch_ends[self.seq] = (self.epoch, self.epoch_index)
+        self.epoch_wanted = self.epoch_rows > 0
+
     def assign(self, slot: int) -> bool:
         """Decide the rows of one slot and send the FILLs; False when the epoch has ended."""
-        batch_size = self.config.batch_size
-        self.slot_row = 0
-        parts = self.rows(batch_size)
-        rows = sum(len(r) for _, r in parts)
-        ended = rows < batch_size
+        parts, rows, ended = self.plan()
         if rows == 0:
             self.free.appendleft(slot)
             return False
@@ -534,20 +559,46 @@ class MuxProcess:
         per_worker: dict[int, list[list[Any]]] = {}
         owed: dict[int, list[tuple[RemoteInstance, int]]] = {}
         for inst, r in parts:
-            self.samples[inst.label] += len(r)
             per_worker.setdefault(inst.worker, []).append([inst.iid, r.astype(np.uint32).tobytes()])
             owed.setdefault(inst.worker, []).append((inst, len(r)))
-        discard = ended and self.config.last_batch == "drop"
+        seq, index = self.seq, self.epoch_index
+        discard = self.count(parts, rows, ended)
         messages = {worker: encode(Msg.FILL, slot, wire) for worker, wire in per_worker.items()}
-        self.filling[slot] = _Filling(self.seq, self.epoch, self.epoch_index, rows, set(per_worker), discard,
-                                      messages, owed)
-        self.seq += 1
-        self.epoch_index += 0 if discard else 1
-        self.epoch_rows += rows
+        self.filling[slot] = _Filling(seq, self.epoch, index, rows, set(per_worker), discard, messages, owed)
         if self.segment is not None:
             for worker, message in messages.items():
                 self.send_worker(worker, message)
         return not ended
+
+    def skip_to(self, target: int) -> None:
+        """Walk the policy over the batches a resumed trainer already had; workers drop those samples.
+
+        Mux decisions, reweightings and epoch ends happen exactly as in the first run;
+        only no slot is filled. An epoch whose last batch is the last one skipped is
+        announced as ended (the trainer ignores it if it had seen that end).
+        """
+        while self.seq < target:
+            if self.driver is None:
+                if not self.epoch_wanted:
+                    return
+                self.epoch_wanted = False
+                self.start_epoch()
+            parts, rows, ended = self.plan()
+            if rows == 0:
+                self.next_ready = self.seq
+                self.end_epoch()
+                continue
+            per_worker: dict[int, dict[int, int]] = {}
+            for inst, r in parts:
+                counts = per_worker.setdefault(inst.worker, {})
+                counts[inst.iid] = counts.get(inst.iid, 0) + len(r)
+                inst.filled += len(r)
+            for worker, counts in per_worker.items():
+                self.to_worker(worker, Msg.SKIP, [[iid, n] for iid, n in counts.items()])
+            self.count(parts, rows, ended)
+            self.next_ready = self.seq
+            if ended:
+                self.end_epoch()
 
     def on_filled(self, slot: int, worker: int, objects: dict[int, list[Any]]) -> None:
         filling = self.filling[slot]
@@ -575,18 +626,14 @@ class MuxProcess:
     def run(self) -> None:
         while len(self.hello) < self.config.num_workers:
             self.pump(POLL_MS)
+        self.skip_to(self.config.resume_seq)
         while True:
             if self.driver is None and self.epoch_wanted and not self.failed:
                 self.epoch_wanted = False
                 self.start_epoch()
             while self.driver is not None and self.free and not self.failed:
                 if not self.assign(self.free.popleft()):
-                    self.driver = None
-                    if self.next_ready == self.seq:
-                        self.to_trainer(Msg.END, self.epoch, self.epoch_index)
-                    else:
-                        self.epoch_ends[self.seq] = (self.epoch, self.epoch_index)
-                    self.epoch_wanted = self.epoch_rows > 0
+                    self.end_epoch()
             self.pump(POLL_MS)
 
 

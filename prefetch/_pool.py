@@ -78,6 +78,8 @@ class PoolOptions:
         timeout: seconds to wait for one batch before PoolTimeoutError; None waits for ever.
         max_restarts: worker deaths the pool recovers from (restarting the worker) before it gives up.
         start_method: multiprocessing start method of the processes.
+        rank: this training process's rank (torchrun's RANK), 0 .. world_size - 1.
+        world_size: training processes, each with its own pool (torchrun's WORLD_SIZE).
     """
 
     batch_size: int
@@ -89,6 +91,8 @@ class PoolOptions:
     timeout: float | None
     max_restarts: int
     start_method: str
+    rank: int = 0
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "workers", "prefetch"):
@@ -99,6 +103,12 @@ class PoolOptions:
             raise ArgumentError(f"Pool: max_restarts must be an integer >= 0, got {self.max_restarts!r}")
         if self.batch_size >= 2**32:
             raise ArgumentError(f"Pool: batch_size must be below 2**32, got {self.batch_size}")
+        for name in ("rank", "world_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "rank" else 1):
+                raise ArgumentError(f"Pool: {name} must be an integer >= {0 if name == 'rank' else 1}, got {value!r}")
+        if self.rank >= self.world_size:
+            raise ArgumentError(f"Pool: rank={self.rank} must be below world_size={self.world_size}")
         limit = process_limit()
         if limit is not None and self.workers + 1 > limit:
             raise ArgumentError(f"Pool: workers={self.workers} needs {self.workers + 1} processes, but this user may "
@@ -112,6 +122,44 @@ class PoolOptions:
         if self.start_method not in multiprocessing.get_all_start_methods():
             raise ArgumentError(f"Pool: start_method must be one of {multiprocessing.get_all_start_methods()}, "
                                 f"got {self.start_method!r}")
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """rank and world_size as given, else from torchrun's RANK and WORLD_SIZE, else 0 and 1."""
+    def env(name: str, value: int | None, default: int) -> int:
+        if value is not None:
+            return value
+        text = os.environ.get(name)
+        if text is None:
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            raise ArgumentError(f"Pool: the environment variable {name}={text!r} is not an integer") from None
+
+    return env("RANK", rank, 0), env("WORLD_SIZE", world_size, 1)
+
+
+STATE_FORMAT = 1
+
+
+def check_state(state: Any, options: PoolOptions, order_depends_on_workers: bool, seed_given: bool) -> None:
+    """Reject a state dict this pool cannot resume exactly, saying why."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ArgumentError(f"Pool: state must be a dict from Pool.state_dict() (format {STATE_FORMAT}), got "
+                            f"{state if not isinstance(state, dict) else 'format ' + repr(state.get('format'))}")
+    for name in ("batch_size", "rank", "world_size"):
+        if state[name] != getattr(options, name):
+            raise ArgumentError(f"Pool: the state was saved with {name}={state[name]}, this pool has "
+                                f"{name}={getattr(options, name)}; resuming would not continue the same batches")
+    if seed_given and state["seed"] != options.seed:
+        raise ArgumentError(f"Pool: the state was saved with seed={state['seed']}, this pool was given "
+                            f"seed={options.seed}; leave seed out to take the state's")
+    if order_depends_on_workers and state["workers"] != options.workers:
+        raise ArgumentError(
+            f"Pool: the state was saved with workers={state['workers']}, this pool has workers={options.workers}, "
+            "and a replicated stream's order depends on the worker count, so it cannot resume exactly; use "
+            f"workers={state['workers']}")
 
 
 def process_limit() -> int | None:
@@ -248,9 +296,14 @@ class Pool:
     def __init__(self, source: Any, *, batch_size: int, workers: int | None = None, prefetch: int | None = None,
                  seed: int | None = None, transform: Callable[[Any], Any] | None = None, schema: Any = None,
                  last_batch: str = "partial", on_error: str = "raise", timeout: float | None = None,
-                 max_restarts: int = 3, start_method: str | None = None) -> None:
+                 max_restarts: int = 3, state: dict[str, Any] | None = None, rank: int | None = None,
+                 world_size: int | None = None, start_method: str | None = None) -> None:
         self._res = _Resources()
         self._closed = True
+        self._init = (source, {"batch_size": batch_size, "workers": workers, "prefetch": prefetch, "seed": seed,
+                               "transform": transform, "schema": schema, "last_batch": last_batch,
+                               "on_error": on_error, "timeout": timeout, "max_restarts": max_restarts,
+                               "rank": rank, "world_size": world_size, "start_method": start_method})
         if not isinstance(source, Streamer):
             raise ArgumentError(f"Pool: source must be a prefetch.Streamer or a mux, got {type(source).__name__}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -258,15 +311,24 @@ class Pool:
         if transform is not None and not callable(transform):
             raise ArgumentError(f"Pool: transform must be callable, got {transform!r}")
         n_workers = workers if workers is not None else (os.cpu_count() or 1)
+        rank, world_size = resolve_rank(rank, world_size)
+        if seed is None and isinstance(state, dict) and isinstance(state.get("seed"), int):
+            seed_value = state["seed"]
+        else:
+            seed_value = secrets.randbits(63) if seed is None else seed
         options = PoolOptions(
             batch_size=batch_size, workers=n_workers,
             prefetch=prefetch if prefetch is not None else default_prefetch(n_workers),
-            seed=secrets.randbits(63) if seed is None else seed, last_batch=last_batch, on_error=on_error,
-            timeout=timeout, max_restarts=max_restarts, start_method=start_method or default_start_method(),
+            seed=seed_value, last_batch=last_batch, on_error=on_error, timeout=timeout, max_restarts=max_restarts,
+            start_method=start_method or default_start_method(), rank=rank, world_size=world_size,
         )
         self.options = options
         self._schema = Schema.coerce(schema) if schema is not None else None
         tree = _prepare(source, options.seed, options.workers)
+        self._order_depends_on_workers = any(leaf.replicas and not leaf.order_free for leaf in tree.leaves)
+        if state is not None:
+            check_state(state, options, self._order_depends_on_workers, seed is not None)
+        self._resume = state
         _check_picklable(options.start_method, tree, transform)
         self._source = tree.source
         _shm.sweep()
@@ -286,9 +348,12 @@ class Pool:
         segment = self._create_segment(self._schema) if self._schema is not None else None
         self._mp = multiprocessing.get_context(opts.start_method)
         me = os.getpid()
+        resume = self._resume or {}
         mux = MuxConfig(tree.source, tree.leaves, tree.placement, tree.labels, opts.workers, opts.batch_size,
-                        opts.prefetch, opts.last_batch, worker_endpoint, trainer_endpoint, me, opts.seed, segment)
-        self._worker_config = WorkerConfig(0, opts.workers, worker_endpoint, tree.leaves, transform, opts.on_error, me)
+                        opts.prefetch, opts.last_batch, worker_endpoint, trainer_endpoint, me, opts.seed, segment,
+                        resume.get("consumed", 0), resume.get("weights", []), opts.rank)
+        self._worker_config = WorkerConfig(0, opts.workers, worker_endpoint, tree.leaves, transform, opts.on_error, me,
+                                           rank=opts.rank, world_size=opts.world_size)
         try:
             res.processes.append(("mux process", self._launch(mux_main, mux, "prefetch-mux")))
             for w in range(opts.workers):
@@ -307,7 +372,11 @@ class Pool:
         self._frees: deque[int] = deque()
         self._inbox: deque[tuple[Msg, list[Any]]] = deque()
         self._held = 0
-        self._last_seq = -1
+        self._last_seq = resume.get("consumed", 0) - 1
+        self._last_epoch = resume.get("epoch", -1)
+        self._last_index = resume.get("index", 0) - 1
+        self._ended_through = resume.get("epoch", -1) - (0 if resume.get("epoch_ended") else 1)
+        self._weights_history: list[list[Any]] = [list(w) for w in resume.get("weights", [])]
         self._delivered = 0
         self._epoch_batches: int | None = None
         self._wait = 0.0
@@ -448,11 +517,12 @@ class Pool:
         if self._first_next is None:
             self._first_next = start
         kind, fields = self._receive()
-        while kind is Msg.STATS:
+        while kind is Msg.STATS or (kind is Msg.END and fields[0] <= self._ended_through):
             kind, fields = self._receive()
         self._wait += time.perf_counter() - start
         if kind is Msg.END:
             self._epoch_batches = fields[1]
+            self._ended_through = fields[0]
             return None
         return self._batch(*fields)
 
@@ -461,7 +531,7 @@ class Pool:
         holder, finalizer = slot_views(self._res.shm.mapping, slot * slot_bytes, slot_bytes,
                                        lambda: self._frees.append(slot))
         self._held += 1
-        self._last_seq = seq
+        self._last_seq, self._last_epoch, self._last_index = seq, epoch, index
         self._delivered += 1
         pad = self.options.last_batch == "pad"
         length = self.options.batch_size if pad else rows
@@ -497,7 +567,38 @@ class Pool:
         ahead = self.options.prefetch + math.ceil(BLOCK / self.options.batch_size)
         at = self._last_seq + 1 + ahead
         self._res.sock.send(encode(Msg.WEIGHTS, at, w.tolist()))
+        self._weights_history.append([at, w.tolist()])
         return ahead
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the trainer stands: batches handed out count as consumed, prefetched ones do not.
+
+        Plain ints, floats and lists, for JSON or msgpack. `Pool(..., state=sd)` (or
+        `load_state_dict(sd)` before iterating) continues with exactly the batches an
+        uninterrupted run would have given next.
+        """
+        return {
+            "format": STATE_FORMAT,
+            "seed": self.options.seed,
+            "batch_size": self.options.batch_size,
+            "workers": self.options.workers,
+            "rank": self.options.rank,
+            "world_size": self.options.world_size,
+            "consumed": self._last_seq + 1,
+            "epoch": self._last_epoch,
+            "index": self._last_index + 1,
+            "epoch_ended": self._ended_through >= self._last_epoch,
+            "weights": [list(w) for w in self._weights_history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state` (see state_dict); only before the first batch is taken."""
+        if self._delivered or self._first_next is not None:
+            raise ArgumentError("Pool.load_state_dict: the pool has started delivering batches; load a state "
+                                "before iterating, or pass state= to Pool")
+        source, kwargs = self._init
+        self.close()
+        self.__init__(source, **{**kwargs, "state": state})
 
     def stats(self) -> dict[str, Any]:
         """Counters: samples per stream, batches, worker busy and trainer wait fractions, slots by state."""

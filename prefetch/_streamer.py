@@ -32,6 +32,11 @@ class Streamer:
     replicas = False
     """Whether a pool runs this stream as one replica per worker (see `replicated`)."""
 
+    order_free = False
+    """Whether a replicated stream yields the same sequence whatever the number of replicas.
+
+    A pool can resume such a stream with a different worker count (volume loaders are)."""
+
     def __init__(self, streamer: Callable[..., Iterable[Any]] | Iterable[Any], *args: Any, **kwargs: Any) -> None:
         if not (callable(streamer) or isinstance(streamer, Iterable)):
             raise ArgumentError(
@@ -62,6 +67,16 @@ class Streamer:
         twin = copy.copy(self)
         twin.replicas = True
         return twin
+
+    def seek(self, position: int) -> Iterator[Any] | None:
+        """A fresh pass over the stream that starts at sample `position`, or None if it cannot jump.
+
+        Override it when a stream can skip ahead cheaply (to a file offset, say). A pool
+        uses it to resume from a checkpoint and to restart a worker, instead of pulling
+        and dropping `position` samples. It runs where the stream runs, with the same
+        `worker_info()`, and must give exactly the samples a pass from the start would.
+        """
+        return None
 
     def _start(self) -> Iterator[Any]:
         """A fresh iterator over the stream."""

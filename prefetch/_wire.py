@@ -65,6 +65,8 @@ class Msg(IntEnum):
     """T->M, M->W (): shut down."""
     RESET = 20
     """M->W (generation): what follows is the mux's view of this worker; drop anything received before."""
+    SKIP = 21
+    """M->W ([[iid, count], ...]): drop the next `count` samples of each instance (a resumed run skips ahead)."""
 
 
 def _default(obj: Any) -> Any:

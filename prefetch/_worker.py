@@ -43,7 +43,7 @@ PULL_STEP = 256
 """Most samples pulled from a stream between two looks at the clock."""
 
 REPLAY_STEP = 1024
-"""Samples replayed at a time when a restarted worker resumes an instance (bounds the memory it takes)."""
+"""Samples replayed at a time when an instance skips ahead without `seek` (bounds the memory it takes)."""
 
 PARENT_CHECK_MS = 500
 """How often a worker checks that its parent (the trainer) is still alive."""
@@ -61,6 +61,8 @@ class WorkerConfig:
     on_error: str
     parent_pid: int
     generation: int = 0
+    rank: int = 0
+    world_size: int = 1
 
 
 @dataclass
@@ -69,6 +71,7 @@ class _Instance:
 
     iid: int
     name: str
+    streamer: Streamer
     info: WorkerInfo
     iterator: Iterator[Any]
     budget: int | None
@@ -144,6 +147,10 @@ class _Worker:
                 self.schedule(inst)
         elif kind is Msg.OPEN:
             self.open(*fields)
+        elif kind is Msg.SKIP:
+            for iid, count in fields[0]:
+                self.skip(self.instances[iid], count)
+            self.report()
         elif kind is Msg.CLOSE:
             closed = self.instances.pop(fields[0], None)
             if closed is not None and closed is self.rng_owner:
@@ -175,8 +182,10 @@ class _Worker:
     def open(self, iid: int, leaf: int, replica: int, num_replicas: int, budget: int | None, seed: int,
              activation: int, window: int, pickled: Any, skip: int) -> None:
         streamer = pickled if pickled is not None else self.config.leaves[leaf]
-        info = WorkerInfo(self.config.worker_id, self.config.num_workers, replica, num_replicas, seed, activation)
-        inst = _Instance(iid, repr(streamer), info, iter(()), budget, window)
+        config = self.config
+        info = WorkerInfo(config.worker_id, config.num_workers, replica, num_replicas, seed, activation, config.rank,
+                          config.world_size)
+        inst = _Instance(iid, repr(streamer), streamer, info, iter(()), budget, window)
         inst.iterator = streamer._iterate(budget)
         owner = self.rng_owner
         if owner is not None:
@@ -185,17 +194,49 @@ class _Worker:
         random.seed(seed)
         self.rng_owner = inst
         self.instances[iid] = inst
-        self.replay(inst, skip)
+        if skip:
+            self.skip(inst, skip)
+        else:
+            self.schedule(inst)
+
+    def skip(self, inst: _Instance, count: int) -> None:
+        """Drop the instance's next `count` samples: ready ones first, then jump there or replay and drop.
+
+        A restarted worker skips what was written before it died; a resumed pool skips
+        what the trainer had already consumed.
+        """
+        drop = min(count, len(inst.ready))
+        for _ in range(drop):
+            inst.ready.popleft()
+        count -= drop
+        if count > 0 and not inst.ended and not self.jump(inst, inst.produced + count):
+            target = inst.produced + count
+            while inst.produced < target and not inst.ended:
+                inst.wanted = min(target, inst.produced + REPLAY_STEP)
+                if not self.produce(inst, time.perf_counter()):
+                    return
+                inst.ready.clear()
+        inst.wanted = inst.produced
+        self.updated[inst.iid] = inst
         self.schedule(inst)
 
-    def replay(self, inst: _Instance, skip: int) -> None:
-        """Produce and drop the first `skip` samples, as a restarted worker must to resume an instance exactly."""
-        while inst.produced < skip and not inst.ended:
-            inst.wanted = min(skip, inst.produced + REPLAY_STEP)
-            if not self.produce(inst, time.perf_counter()):
-                return
-            inst.ready.clear()
-        inst.wanted = inst.produced
+    def jump(self, inst: _Instance, position: int) -> bool:
+        """Restart the instance at `position` through the stream's `seek`, if it offers one."""
+        self.use_rng_of(inst)
+        set_worker_info(inst.info)
+        try:
+            jumped = inst.streamer.seek(position)
+        except Exception as exc:
+            self.fail("user", exc, inst, f"seek to sample {position} of stream {inst.name}")
+            return True
+        finally:
+            set_worker_info(None)
+        if jumped is None:
+            return False
+        left = None if inst.budget is None else max(0, inst.budget - position)
+        inst.iterator = itertools.islice(jumped, left)
+        inst.produced = position
+        return True
 
     def produce_round(self) -> None:
         """Produce for the queued instances (within one chunk of time) and report them in one AVAIL."""

@@ -18,6 +18,10 @@ class WorkerInfo:
             replica and per activation, and the same from run to run for a fixed pool seed.
         activation: how many times the pool started this stream before (for a stream that
             is the whole source, the epoch number); the same for all replicas.
+        rank: which training process (torchrun rank) runs this pool, 0 .. world_size - 1.
+        world_size: training processes, each with its own pool. A finite replicated stream
+            that shards itself reads shard `rank * num_replicas + replica` of
+            `world_size * num_replicas`.
     """
 
     id: int
@@ -26,6 +30,8 @@ class WorkerInfo:
     num_replicas: int
     seed: int
     activation: int = 0
+    rank: int = 0
+    world_size: int = 1
 
 
 class _Current:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._batch import Batch
 from .._errors import ArgumentError
-from .._pool import Pool
+from .._pool import Pool, resolve_rank
 from .._streamer import Streamer
 from .._worker_info import worker_info
 from .cache import parse_size
@@ -42,10 +42,24 @@ class Items:
     batch_size: int
     shuffle: bool
     seed: int
+    rank: int = 0
+    world_size: int = 1
+
+    def per_rank(self) -> int:
+        """Data points each rank gets per epoch: the same for every rank, so none waits at a collective."""
+        return math.ceil(len(self.points) / self.world_size)
 
     def order(self, epoch: int) -> np.ndarray:
+        """This rank's data point numbers for an epoch: its part of a permutation all ranks share.
+
+        The permutation is padded by wrapping around to a multiple of world_size, so
+        ranks get equal parts that are disjoint but for at most world_size - 1 repeats.
+        """
         n = len(self.points)
-        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if self.world_size == 1:
+            return order
+        return np.resize(order, self.per_rank() * self.world_size)[self.rank::self.world_size]
 
     def share(self, epoch: int, replica: int, replicas: int) -> np.ndarray:
         """The data point numbers of this replica's batches, in order."""
@@ -63,11 +77,11 @@ def _fetch(items: Items, point: DataPoint, cache: Any) -> tuple[list[str], list[
     return names, metadatas
 
 
-def phase_samples(items: Items) -> Iterator[Any]:
-    """The samples of this replica's share of one epoch, files fetched a few data points ahead."""
+def phase_samples(items: Items, start: int = 0) -> Iterator[Any]:
+    """The samples of this replica's share of one epoch from position `start`, files fetched a few ahead."""
     info = worker_info()
     epoch, replica, replicas = (info.activation, info.replica, info.num_replicas) if info else (0, 0, 1)
-    share = items.share(epoch, replica, replicas).tolist()
+    share = items.share(epoch, replica, replicas)[start:].tolist()
     cache = None if items.source.local else items.source.cache()
     with ThreadPoolExecutor(FETCH_THREADS) as threads:
         pending: deque = deque()
@@ -84,6 +98,24 @@ def phase_samples(items: Items) -> Iterator[Any]:
             yield items.callback(names, metadatas)
 
 
+class PhaseStream(Streamer):
+    """One phase of a volume query as a replicated stream that can jump to any position.
+
+    Its order does not depend on the number of replicas, so a pool resumes it with any
+    worker count; `seek` skips ahead without fetching a file.
+    """
+
+    replicas = True
+    order_free = True
+
+    def __init__(self, items: Items) -> None:
+        super().__init__(phase_samples, items)
+        self.items = items
+
+    def seek(self, position: int) -> Iterator[Any]:
+        return phase_samples(self.items, position)
+
+
 class Loader:
     """The batches of one phase, epoch after epoch, through a pool started on first use."""
 
@@ -98,8 +130,8 @@ class Loader:
         return self.items.points
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        n, size = len(self.items.points), self.items.batch_size
+        """Batches per epoch (for this rank)."""
+        n, size = self.items.per_rank(), self.items.batch_size
         return n // size if self.drop_last else math.ceil(n / size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -107,10 +139,23 @@ class Loader:
             return iter(())
         if self.pool is None:
             workers = self.workers if self.workers is not None else None
-            self.pool = Pool(Streamer(phase_samples, self.items).replicated(), batch_size=self.items.batch_size,
-                             workers=workers, seed=self.items.seed,
-                             last_batch="drop" if self.drop_last else "pad", **self.pool_options)
+            self.pool = Pool(PhaseStream(self.items), batch_size=self.items.batch_size, workers=workers,
+                             seed=self.items.seed, last_batch="drop" if self.drop_last else "pad",
+                             rank=self.items.rank, world_size=self.items.world_size, **self.pool_options)
         return iter(self.pool)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Where this phase's training stands (see Pool.state_dict); None before the first batch."""
+        return None if self.pool is None else self.pool.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Resume from a state_dict() before iterating (the pool starts with it)."""
+        if state is None:
+            return
+        self.close()
+        self.pool = Pool(PhaseStream(self.items), batch_size=self.items.batch_size, workers=self.workers,
+                         seed=self.items.seed, last_batch="drop" if self.drop_last else "pad",
+                         rank=self.items.rank, world_size=self.items.world_size, state=state, **self.pool_options)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -134,7 +179,7 @@ class DataGenerator:
 
     def __init__(self, volume: Volume | str, query: str, callback: Callable[..., Any], batch_size: int,
                  drop_last: bool, workers: int | None, shuffle: bool, cache_dir: Any, cache_limit: Any,
-                 seed: int | None, pool_options: dict[str, Any]) -> None:
+                 seed: int | None, rank: int | None, world_size: int | None, pool_options: dict[str, Any]) -> None:
         if not callable(callback):
             raise ArgumentError(f"bind_data_generator: deserialization_callback must be callable, got {callback!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -149,10 +194,12 @@ class DataGenerator:
         self.callback, self.batch_size, self.drop_last = callback, batch_size, drop_last
         self.workers, self.shuffle, self.pool_options = workers, shuffle, pool_options
         self.seed = self.result.query.seed if seed is None else seed
+        self.rank, self.world_size = resolve_rank(rank, world_size)
         self.loaders: list[Loader] = []
 
     def _loader(self, name: str, points: list[DataPoint]) -> Loader:
-        items = Items(self.source, tuple(points), self.callback, self.batch_size, self.shuffle, self.seed)
+        items = Items(self.source, tuple(points), self.callback, self.batch_size, self.shuffle, self.seed,
+                      self.rank, self.world_size)
         loader = Loader(name, items, self.drop_last, self.workers, self.pool_options)
         self.loaders.append(loader)
         return loader
@@ -171,14 +218,17 @@ class DataGenerator:
 def bind_data_generator(volume: Volume | str, query: str, deserialization_callback: Callable[..., Any],
                         batch_size: int = 32, drop_last: bool = True, workers: int | None = None,
                         shuffle: bool = True, cache_dir: Any = None, cache_limit: Any = None,
-                        seed: int | None = None, **pool_options: Any) -> DataGenerator:
+                        seed: int | None = None, rank: int | None = None, world_size: int | None = None,
+                        **pool_options: Any) -> DataGenerator:
     """Bind a volume query to a callback that turns a data point's files into a sample.
 
     `deserialization_callback(file_names, metadatas)` runs in the workers with the local
     paths of one data point's files (sorted by name) and one metadata dict per file (the
     data point's metadata plus "@id", "@name" and "@size"); it returns a sample, an
     (x, y) tuple or a dict. `drop_last=True` drops a short last batch; False pads it
-    with zeros (`batch.size` tells the valid rows). Other keyword arguments go to `Pool`.
+    with zeros (`batch.size` tells the valid rows). With several training processes,
+    `rank` and `world_size` (default: torchrun's RANK and WORLD_SIZE) give each rank a
+    disjoint, equal part of every epoch. Other keyword arguments go to `Pool`.
     """
     return DataGenerator(volume, query, deserialization_callback, batch_size, drop_last, workers, shuffle,
-                         cache_dir, cache_limit, seed, pool_options)
+                         cache_dir, cache_limit, seed, rank, world_size, pool_options)
