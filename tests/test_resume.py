@@ -200,19 +200,30 @@ def test_volume_loaders_resume_exactly_with_any_worker_count(tmp_path):
         gen.close()
 
 
-def test_four_ranks_partition_every_epoch(tmp_path):
+def test_four_ranks_side_by_side_partition_every_epoch(tmp_path):
+    """Four ranks' pools run at once; each epoch they see disjoint, equal parts that cover the data."""
     vol, version = make_volume(tmp_path, 101)
     vol.close()
-    epochs = {}
-    for rank in range(4):
-        gen = bind_data_generator(str(tmp_path / "vol"), f"@version:{version}", by_id, batch_size=5,
-                                  drop_last=False, workers=1, seed=9, rank=rank, world_size=4)
-        loader = gen.flow()
-        assert len(loader) == 6
-        for epoch in range(2):
-            epochs.setdefault(epoch, []).append([int(y) for b in loader for y in b["y"][:b.size]])
-        gen.close()
-    for parts in epochs.values():
+    gens = [bind_data_generator(str(tmp_path / "vol"), f"@version:{version}", by_id, batch_size=5,
+                                drop_last=False, workers=1, seed=9, rank=rank, world_size=4) for rank in range(4)]
+    loaders = [gen.flow() for gen in gens]
+    try:
+        assert [len(loader) for loader in loaders] == [6] * 4
+        epochs = []
+        for _ in range(2):
+            iterators = [iter(loader) for loader in loaders]
+            parts: list[list[int]] = [[] for _ in loaders]
+            for step in range(6):
+                for rank, it in enumerate(iterators):
+                    batch = next(it)
+                    assert batch.index == step
+                    parts[rank].extend(int(y) for y in batch["y"][:batch.size])
+            assert all(next(it, None) is None for it in iterators)
+            epochs.append(parts)
+    finally:
+        for gen in gens:
+            gen.close()
+    for parts in epochs:
         assert [len(p) for p in parts] == [26] * 4
         seen = [y for part in parts for y in part]
         assert set(seen) == set(range(101))

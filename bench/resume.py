@@ -1,0 +1,88 @@
+"""Checkpoint and resume: what a state dict weighs, and how long a resume at the midpoint of a 10^6-sample epoch takes.
+
+    python3 bench/resume.py [--samples 1000000]
+
+Two sources of `small` samples (float32[128] + int64): a StochasticMux of three plain
+streams (resumed by replaying the first half and dropping it) and a stream that
+implements `seek` (resumed by jumping). Writes bench/results/resume.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import prefetch
+
+
+def rows(stream: int, n: int, start: int = 0):
+    base = np.arange(128, dtype=np.float32)
+    for i in range(start, n):
+        yield {"X": base + np.float32(i % 997), "Y": np.int64(stream * 10**7 + i)}
+
+
+class Seekable(prefetch.Streamer):
+    """A stream that can start at any sample: resume jumps instead of replaying."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(rows, 0, n)
+        self.n = n
+
+    def seek(self, position: int):
+        return rows(0, self.n, position)
+
+
+def sources(samples: int):
+    third = samples // 3
+    return {
+        "mux of 3 plain streams (replay)": lambda: prefetch.StochasticMux(
+            [prefetch.Streamer(rows, s, third) for s in range(3)], n_active=3, rate=None, mode="exhaustive"),
+        "one seekable stream (jump)": lambda: Seekable(samples),
+    }
+
+
+def measure(make, samples: int, batch_size: int) -> dict:
+    half = samples // batch_size // 2
+    with prefetch.Pool(make(), batch_size=batch_size, workers=2, seed=1) as pool:
+        it = iter(pool)
+        for batch in itertools.islice(it, half):
+            del batch
+        state = pool.state_dict()
+        expected = next(it)["Y"].copy()
+    text = json.dumps(state)
+    start = time.monotonic()
+    with prefetch.Pool(make(), batch_size=batch_size, workers=2, state=state) as pool:
+        first = next(iter(pool))
+        resume_s = time.monotonic() - start
+        assert np.array_equal(first["Y"], expected), "the resumed batch differs"
+        del first
+    start = time.monotonic()
+    with prefetch.Pool(make(), batch_size=batch_size, workers=2, seed=1) as pool:
+        first = next(iter(pool))
+        fresh_s = time.monotonic() - start
+        del first
+    return {"batches_skipped": half, "samples_skipped": half * batch_size, "state_bytes_json": len(text),
+            "resume_to_first_batch_s": round(resume_s, 3), "fresh_start_to_first_batch_s": round(fresh_s, 3)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "resume.json"))
+    args = parser.parse_args()
+    report = {name: measure(make, args.samples, args.batch_size) for name, make in sources(args.samples).items()}
+    Path(args.json).parent.mkdir(exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
