@@ -14,9 +14,9 @@ import itertools
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _report import RESULTS, save
 
 import prefetch
 
@@ -75,12 +75,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "resume.json"))
+    parser.add_argument("--json", default=str(RESULTS / "resume.json"))
     args = parser.parse_args()
     report = {name: measure(make, args.samples, args.batch_size) for name, make in sources(args.samples).items()}
-    Path(args.json).parent.mkdir(exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
+    save(report, args.json)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import RESULTS, save
 
 import prefetch
 
@@ -54,7 +54,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=10_000_000)
     parser.add_argument("--kill-every", type=int, default=500_000, help="samples delivered between SIGKILLs")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "soak.json"))
+    parser.add_argument("--json", default=str(RESULTS / "soak.json"))
     args = parser.parse_args()
 
     mux = prefetch.StochasticMux([prefetch.Streamer(positions, s) for s in range(3)], n_active=3, rate=None,
@@ -112,10 +112,7 @@ def main() -> int:
         "shm_mb": {"peak": max(t["shm_mb"] for t in timeline), "after_close": shm_mb()},
         "timeline": timeline,
     }
-    Path(args.json).parent.mkdir(exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1))
-    summary = {k: v for k, v in report.items() if k != "timeline"}
-    print(json.dumps(summary, indent=1))
+    save(report, args.json, {k: v for k, v in report.items() if k != "timeline"})
     return 0 if lost == duplicated == disordered == 0 else 1
 
 

@@ -11,13 +11,13 @@ an index of `points` data points. Writes bench/results/volume.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import RESULTS, save
 
 import prefetch
 
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--delay", type=float, default=0.005)
     parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "volume.json"))
+    parser.add_argument("--json", default=str(RESULTS / "volume.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -87,9 +87,7 @@ def main() -> int:
         cached = stream(server.url, cache, version)
         report = {"files": args.files, "request_delay_s": args.delay, "uncached": uncached,
                   "cached_server_stopped": cached, "query": query_speed(root, args.points)}
-    Path(args.json).parent.mkdir(exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1))
-    print(json.dumps(report, indent=1))
+    save(report, args.json)
     return 0
 
 

@@ -47,11 +47,6 @@ def pairs(n):
         yield (np.full((2, 3), i, np.float32), np.int64(i))
 
 
-def pid_stream(n):
-    for i in range(n):
-        yield {"y": np.int64(i), "pid": np.int64(os.getpid())}
-
-
 def bad_shape_at(n, bad):
     for i in range(n):
         yield {"x": np.zeros(3 if i != bad else 4, np.float32)}

@@ -32,24 +32,24 @@ def small_samples(label: int = 0, seed: int | None = None) -> Iterator[dict[str,
             yield {"X": table[i], "Y": y}
 
 
-def image_samples(seed: int | None = None) -> Iterator[dict[str, Any]]:
-    """Endless {"X": uint8 (224, 224, 3), "Y": int64} samples: moving bytes is the work."""
+def _cycled_images(shape: tuple[int, ...], count: int, seed: int | None) -> Iterator[dict[str, Any]]:
+    """Endless {"X": uint8 image, "Y": int64} samples cycling through `count` random images made once."""
     rng = np.random.default_rng(_seed(0) if seed is None else seed)
-    images = rng.integers(0, 256, size=(16, 224, 224, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(count, *shape), dtype=np.uint8)
     i = 0
     while True:
-        yield {"X": images[i & 15], "Y": np.int64(i)}
+        yield {"X": images[i % count], "Y": np.int64(i)}
         i += 1
+
+
+def image_samples(seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """Endless {"X": uint8 (224, 224, 3), "Y": int64} samples: moving bytes is the work."""
+    return _cycled_images((224, 224, 3), 16, seed)
 
 
 def cpu_samples(seed: int | None = None) -> Iterator[dict[str, Any]]:
     """Endless {"X": uint8 (64, 64, 3), "Y": int64} samples, to be blurred by `cpu_transform`."""
-    rng = np.random.default_rng(_seed(0) if seed is None else seed)
-    images = rng.integers(0, 256, size=(64, 64, 64, 3), dtype=np.uint8)
-    i = 0
-    while True:
-        yield {"X": images[i & 63], "Y": np.int64(i)}
-        i += 1
+    return _cycled_images((64, 64, 3), 64, seed)
 
 
 def cpu_transform(sample: dict[str, Any]) -> dict[str, Any]:
