@@ -212,3 +212,55 @@ def test_replayed_restart_of_a_replicated_stream_is_exact():
     assert got == expected
     assert sorted(got) == list(range(600))
     assert np.all(np.diff(got[:20]) > 0)
+
+
+EXITING = """
+import prefetch, sys
+from tests import streams
+pool = prefetch.Pool(prefetch.Streamer(streams.endless, 0), batch_size=8, workers=2)
+next(iter(pool))
+print(pool._res.shm.name, *[p.pid for _, p in pool._res.processes], flush=True)
+"""
+
+INTERRUPTED = """
+import prefetch
+from tests import streams
+with prefetch.Pool(prefetch.Streamer(streams.endless, 0), batch_size=8, workers=2) as pool:
+    first = True
+    for batch in pool:
+        if first:
+            print(pool._res.shm.name, *[p.pid for _, p in pool._res.processes], flush=True)
+            first = False
+"""
+
+
+def _run_and_check(script, interrupt):
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        name, *pids = proc.stdout.readline().split()
+        if interrupt:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and (any(_alive(int(p)) for p in pids) or Path("/dev/shm", name).exists()):
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(int(p))]
+    assert not Path("/dev/shm", name).exists()
+    return proc.returncode, err
+
+
+def test_interpreter_exit_closes_a_pool_nobody_closed():
+    code, err = _run_and_check(EXITING, interrupt=False)
+    assert code == 0, err
+    assert "leaked" not in err
+
+
+def test_ctrl_c_in_the_training_loop_cleans_up():
+    code, err = _run_and_check(INTERRUPTED, interrupt=True)
+    assert "KeyboardInterrupt" in err
+    assert code != 0
