@@ -103,63 +103,50 @@ class RemoteInstance:
 
 
 class ReplicatedInstance:
-    """One stream run as a replica per worker: `block` rows from each live replica in turn."""
+    """One stream run as a replica per worker: the epoch's k-th batch takes its rows from replica k mod R.
 
-    def __init__(self, replicas: list[RemoteInstance], block: int, budget: int | None) -> None:
-        self.replicas, self.block, self.budget = replicas, block, budget
-        self.current = self.in_block = self.count = 0
+    When that replica has ended, the next live one serves. Tying replicas to batches
+    makes a batch of replicated streams the work of one worker (one FILL), and gives
+    the same order as a stream that reads batches r, r + R, ... in replica r.
+    """
+
+    def __init__(self, proc: MuxProcess, replicas: list[RemoteInstance], budget: int | None) -> None:
+        self.proc, self.replicas, self.budget = proc, replicas, budget
+        self.count = 0
 
     def __iter__(self) -> Iterator[RemoteInstance]:
         return self
 
-    def _rotate(self) -> None:
-        self.in_block = 0
-        self.current = (self.current + 1) % len(self.replicas)
+    def _order(self) -> list[RemoteInstance]:
+        """The replicas to draw from for the current batch, the preferred one first, ended ones out."""
+        k = self.proc.epoch_index % len(self.replicas)
+        order = self.replicas[k:] + self.replicas[:k]
+        return [r for r in order if not (r.ended and r.known <= r.assigned)]
+
+    def _limit(self, n: int) -> int:
+        return n if self.budget is None else min(n, self.budget - self.count)
 
     def ensure(self, need: int) -> int:
-        """As RemoteInstance.ensure, following the rotation over replicas without taking anything."""
-        if self.budget is not None:
-            need = min(need, self.budget - self.count)
-        live, current, in_block = list(self.replicas), self.current, self.in_block
-        counted: dict[int, int] = {}
-        total = 0
-        while need > 0 and live:
-            replica = live[current]
-            ask = min(need, self.block - in_block)
-            before = counted.get(replica.iid, 0)
-            got = replica.ensure(before + ask) - before
-            counted[replica.iid] = before + got
-            total, need, in_block = total + got, need - got, in_block + got
-            if got < ask:
-                del live[current]
-                in_block = 0
-                if live:
-                    current %= len(live)
-            elif in_block >= self.block:
-                in_block = 0
-                current = (current + 1) % len(live)
+        """As RemoteInstance.ensure, over the replicas this batch draws from."""
+        need, total = self._limit(need), 0
+        for replica in self._order():
+            if total >= need:
+                break
+            total += replica.ensure(need - total)
         return total
 
     def take(self, n: int) -> list[tuple[RemoteInstance, int]]:
-        runs: list[tuple[RemoteInstance, int]] = []
-        if self.budget is not None:
-            n = min(n, self.budget - self.count)
-        while n > 0 and self.replicas:
-            replica = self.replicas[self.current]
-            got = replica.take(min(n, self.block - self.in_block))
-            if not got:
-                del self.replicas[self.current]
-                self.in_block = 0
-                if self.replicas:
-                    self.current %= len(self.replicas)
-                continue
-            k = got[0][1]
-            runs.append((replica, k))
-            n -= k
-            self.count += k
-            self.in_block += k
-            if self.in_block >= self.block:
-                self._rotate()
+        n, runs = self._limit(n), []
+        for replica in self._order():
+            while n > 0:
+                got = replica.take(n)
+                if not got:
+                    break
+                runs += got
+                n -= got[0][1]
+                self.count += got[0][1]
+            if n == 0:
+                break
         return runs
 
     def __next__(self) -> RemoteInstance:
@@ -413,7 +400,7 @@ class MuxProcess:
             replicas.append(inst)
         if len(replicas) == 1:
             return replicas[0]
-        return ReplicatedInstance(replicas, self.config.batch_size, budget)
+        return ReplicatedInstance(self, replicas, budget)
 
     def want(self, inst: RemoteInstance, need: int) -> None:
         """Ask for more than the worker's window when the mux must wait for `need` samples."""

@@ -159,8 +159,10 @@ class RowWriter:
         return fields
 
     def write_many(self, samples: list[Any], rows: np.ndarray, arrays: list[np.ndarray | None],
-                   where: str) -> dict[int, list[Any]]:
+                   where: list[str]) -> dict[int, list[Any]]:
         """Write samples into `rows` (ascending) a field at a time; return object field values by row.
+
+        `where` names, per sample, where it came from (for error messages).
 
         The fast path writes each field with one numpy call and exact dtypes; anything
         it cannot take (a missing field, a cast, a shape) goes through `write`, which
@@ -192,7 +194,7 @@ class RowWriter:
                     for row, value in zip(rows.tolist(), values, strict=True):
                         dest[row] = value
         except (KeyError, IndexError, TypeError, ValueError):
-            return {int(r): self.write(s, int(r), arrays, where) for s, r in zip(samples, rows, strict=True)}
+            return {int(r): self.write(s, int(r), arrays, w) for s, r, w in zip(samples, rows, where, strict=True)}
         if not self.object_fields:
             return {}
         keys = [f.key for _, f in self.object_fields]

@@ -370,9 +370,9 @@ class _Worker:
             self.slot_arrays.append(arrays)
 
     def fill(self, slot: int, parts: list[list[Any]]) -> None:
+        """Write the FILL's samples into their rows: all parts at once, in row order, one call per field."""
         start = time.perf_counter()
-        arrays = self.slot_arrays[slot]
-        objects: dict[int, list[Any]] = {}
+        rows_by_part, samples, streams = [], [], []
         inst = None
         try:
             for iid, rows in parts:
@@ -386,9 +386,17 @@ class _Worker:
                 if len(ready) < len(rows):
                     raise PrefetchError(f"stream {inst.name} ended after {inst.produced} samples, before the rows "
                                         "it was assigned; it does not yield the same samples when restarted")
-                samples = [ready.popleft() for _ in range(len(rows))]
-                objects.update(self.writer.write_many(samples, rows, arrays, f"stream {inst.name}"))
+                rows_by_part.append(rows)
+                samples += [ready.popleft() for _ in range(len(rows))]
+                streams += [f"stream {inst.name}"] * len(rows)
                 self.schedule(inst)
+            rows = rows_by_part[0] if len(rows_by_part) == 1 else np.concatenate(rows_by_part)
+            if len(rows_by_part) > 1:
+                order = np.argsort(rows, kind="stable")
+                rows = rows[order]
+                samples = [samples[i] for i in order.tolist()]
+                streams = [streams[i] for i in order.tolist()]
+            objects = self.writer.write_many(samples, rows, self.slot_arrays[slot], streams)
         except (DataError, PrefetchError) as exc:
             self.fail("schema", exc, inst, f"worker {self.config.worker_id}")
             return
