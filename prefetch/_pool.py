@@ -343,7 +343,6 @@ class Pool:
         res.ipc_dir = tempfile.mkdtemp(prefix="prefetch-")
         worker_endpoint = f"ipc://{res.ipc_dir}/w"
         trainer_endpoint = f"ipc://{res.ipc_dir}/t"
-        self._slot_arrays: list[tuple[int, int, Any]] = []
         self._layout: tuple[list[int], int] | None = None
         segment = self._create_segment(self._schema) if self._schema is not None else None
         self._mp = multiprocessing.get_context(opts.start_method)
@@ -430,7 +429,7 @@ class Pool:
             if self._held >= self.options.prefetch:
                 gc.collect()
                 self._flush_frees()
-                if self._held >= self.options.prefetch:
+                if self._held >= self.options.prefetch and not sock.poll(POLL_MS):
                     raise SlotsExhaustedError(
                         f"the trainer holds all {self.options.prefetch} shared-memory slots (batches or views of "
                         "them are still alive), so no batch can be filled; copy the arrays you keep "

@@ -146,6 +146,12 @@ def test_holding_every_slot_raises_instead_of_hanging():
         assert next(it).size == 4
 
 
+def test_keeping_every_batch_of_an_epoch_that_fills_every_slot_still_ends_it():
+    with Pool(Streamer(streams.numbered, 0, 12), batch_size=4, workers=1, prefetch=3) as pool:
+        batches = list(pool)
+        assert [b["y"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
 def test_release_returns_the_slot_even_with_views_alive():
     with Pool(Streamer(streams.endless, 0), batch_size=4, workers=1, prefetch=2) as pool:
         it = iter(pool)
