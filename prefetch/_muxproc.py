@@ -216,6 +216,7 @@ class MuxProcess:
         self.block: tuple[np.ndarray, dict[int, Any], int] | None = None
         self.block_pos = 0
         self.block_sent: tuple[int, int | None] | None = None
+        self.planned: tuple[list[tuple[RemoteInstance, np.ndarray]], int, bool] | None = None
         self.epoch_wanted = True
         self.failed = False
         self.stopping = False
@@ -533,12 +534,8 @@ class MuxProcess:
             self.epoch_ends[self.seq] = (self.epoch, self.epoch_index)
         self.epoch_wanted = self.epoch_rows > 0
 
-    def assign(self, slot: int) -> bool:
-        """Decide the rows of one slot and send the FILLs; False when the epoch has ended."""
-        parts, rows, ended = self.plan()
-        if rows == 0:
-            self.free.appendleft(slot)
-            return False
+    def assign(self, slot: int, parts: list[tuple[RemoteInstance, np.ndarray]], rows: int, ended: bool) -> None:
+        """Fill one slot with a planned batch: send each worker its FILL."""
         if not self.described:
             self.described = True
             first = min(parts, key=lambda part: part[1][0])[0]
@@ -555,7 +552,6 @@ class MuxProcess:
         if self.segment is not None:
             for worker, message in messages.items():
                 self.send_worker(worker, message)
-        return not ended
 
     def skip_to(self, target: int) -> None:
         """Walk the policy over the batches a resumed trainer already had; workers drop those samples.
@@ -618,8 +614,16 @@ class MuxProcess:
             if self.driver is None and self.epoch_wanted and not self.failed:
                 self.epoch_wanted = False
                 self.start_epoch()
-            while self.driver is not None and self.free and not self.failed:
-                if not self.assign(self.free.popleft()):
+            while self.driver is not None and not self.failed:
+                if self.planned is None:
+                    self.planned = self.plan()
+                parts, rows, ended = self.planned
+                if rows and not self.free:
+                    break
+                self.planned = None
+                if rows:
+                    self.assign(self.free.popleft(), parts, rows, ended)
+                if ended:
                     self.end_epoch()
             self.pump(POLL_MS)
 

@@ -7,6 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 SHM = Path("/dev/shm")
 SHM_PREFIX = "prefetch"
