@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from .query import Query
@@ -18,14 +17,48 @@ from .query import Query
 PHASES = ("train", "test", "validation")
 
 
-@dataclass(frozen=True)
 class DataPoint:
-    """One data point of a volume: its id, metadata, and files (name -> {"sha256", "size"})."""
+    """One data point of a volume: its id, metadata, files (name -> {"sha256", "size"}) and phase.
 
-    id: str
-    metadata: dict[str, Any] = field(hash=False)
-    files: dict[str, dict[str, Any]] = field(hash=False)
-    phase: str | None = None
+    Metadata and files are decoded from the index's JSON on first use, so selecting a
+    million data points does not decode a million dicts nobody reads.
+    """
+
+    __slots__ = ("_files", "_files_json", "_metadata", "_metadata_json", "id", "phase")
+
+    def __init__(self, id: str, metadata_json: str, files_json: str, phase: str | None = None) -> None:
+        self.id, self.phase = id, phase
+        self._metadata_json, self._files_json = metadata_json, files_json
+        self._metadata: dict[str, Any] | None = None
+        self._files: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = json.loads(self._metadata_json)
+        return self._metadata
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        if self._files is None:
+            self._files = json.loads(self._files_json)
+        return self._files
+
+    def __getstate__(self) -> tuple[str, str, str, str | None]:
+        return self.id, self._metadata_json, self._files_json, self.phase
+
+    def __setstate__(self, state: tuple[str, str, str, str | None]) -> None:
+        self.__init__(*state)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DataPoint) and (self.id, self.phase, self._metadata_json, self._files_json) == (
+            other.id, other.phase, other._metadata_json, other._files_json)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.phase))
+
+    def __repr__(self) -> str:
+        return f"DataPoint({self.id!r}, phase={self.phase!r}, files={sorted(self.files)})"
 
 
 def unit(seed: int, purpose: str, key: str) -> float:
@@ -59,8 +92,7 @@ def select(rows: Iterable[tuple[str, str, str]], query: Query) -> Iterator[DataP
     """The data points of (key, metadata json, files json) rows (ordered by key) that the query keeps."""
     kept = 0
     for key, meta_json, files_json in rows:
-        metadata = json.loads(meta_json) if query.group_by is not None else None
-        group = group_of(key, metadata, query.group_by) if metadata is not None else "id:" + key
+        group = "id:" + key if query.group_by is None else group_of(key, json.loads(meta_json), query.group_by)
         if query.sample is not None and unit(query.seed, "sample", group) >= query.sample:
             continue
         phase = None
@@ -68,8 +100,7 @@ def select(rows: Iterable[tuple[str, str, str]], query: Query) -> Iterator[DataP
             phase = phase_of(query.split, unit(query.seed, "phase", group))
             if phase is None:
                 continue
-        yield DataPoint(key, metadata if metadata is not None else json.loads(meta_json), json.loads(files_json),
-                        phase)
+        yield DataPoint(key, meta_json, files_json, phase)
         kept += 1
         if query.limit is not None and kept >= query.limit:
             return
