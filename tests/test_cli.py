@@ -94,3 +94,18 @@ def test_volume_command_errors_are_one_clear_line(tmp_path, capsys):
     assert "prefetch volume query: unexpected end of query at position 6" in err
     assert main(["volume", "log", str(tmp_path / "missing")]) == 1
     assert "is not a volume" in capsys.readouterr().err
+
+
+def test_a_new_pool_sweeps_segments_of_dead_owners():
+    from prefetch import Pool, Streamer
+
+    from . import streams
+
+    name = f"{_shm.PREFIX}{dead_pid()}_0badf00d"
+    fd = os.open(f"/dev/shm/{name}", os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    try:
+        with Pool(Streamer(streams.numbered, 0, 4), batch_size=4, workers=1):
+            assert not os.path.exists(f"/dev/shm/{name}")
+    finally:
+        _shm.unlink(name)
