@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ArgumentError, DataError, SchemaError
+from ._errors import DataError, SchemaError, check_int
 
 
 def _fields(sample: Any) -> dict[Any, Any]:
@@ -57,8 +57,7 @@ def buffer_stream(stream: Iterable[Any], buffer_size: int, partial: bool = False
     concatenated along that existing axis. A short last batch is yielded only when
     `partial` is true. Samples of one batch must agree in fields, dtypes and shapes.
     """
-    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-        raise ArgumentError(f"buffer_stream: buffer_size must be an integer >= 1, got {buffer_size!r}")
+    check_int(buffer_size, 1, "buffer_stream: buffer_size")
     buffered: list[Any] = []
     for sample in stream:
         buffered.append(sample)

@@ -6,6 +6,9 @@ expected and what came, so that a user can act on it without a debugger.
 
 from __future__ import annotations
 
+from numbers import Integral
+from typing import Any
+
 
 class PrefetchError(Exception):
     """Root of every error this library raises on purpose."""
@@ -29,6 +32,13 @@ class EmptyStreamError(PrefetchError):
 
 class MuxStarvedError(PrefetchError):
     """A mux has streams left that it can never read because their weight is zero."""
+
+
+def check_int(value: Any, minimum: int, what: str) -> int:
+    """`value` as an int if it is an integer >= `minimum` (a bool is not), else an ArgumentError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ArgumentError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ArgumentError, add_note
+from ._errors import ArgumentError, add_note, check_int
 from ._policy import Activation, ChainPolicy, RoundRobinPolicy, ShuffledPolicy, StochasticPolicy
 from ._streamer import Streamer, check_max_iter
 
@@ -206,8 +206,7 @@ class StochasticMux(BaseMux):
             raise ArgumentError(f"{owner}: streamers must be a list of streamers, not a generator function")
         self.mode = _check_choice(mode, self.MODES, "mode", owner)
         self.dist = _check_choice(dist, self.DISTS, "dist", owner)
-        if isinstance(n_active, bool) or not isinstance(n_active, Integral) or n_active < 1:
-            raise ArgumentError(f"{owner}: n_active must be an integer >= 1, got {n_active!r}")
+        n_active = check_int(n_active, 1, f"{owner}: n_active")
         if mode != "with_replacement" and n_active > self.n_streams:
             raise ArgumentError(
                 f"{owner}: n_active={n_active} exceeds the {self.n_streams} streams, which mode={mode!r} forbids "

@@ -37,6 +37,7 @@ from ._errors import (
     WorkerDiedError,
     WorkerError,
     add_note,
+    check_int,
 )
 from ._mux import BLOCK, BaseMux, check_weights
 from ._muxproc import MuxConfig, mux_main
@@ -95,18 +96,11 @@ class PoolOptions:
     world_size: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "workers", "prefetch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ArgumentError(f"Pool: {name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
-            raise ArgumentError(f"Pool: max_restarts must be an integer >= 0, got {self.max_restarts!r}")
+        for name, minimum in (("batch_size", 1), ("workers", 1), ("prefetch", 1), ("max_restarts", 0), ("rank", 0),
+                              ("world_size", 1)):
+            check_int(getattr(self, name), minimum, f"Pool: {name}")
         if self.batch_size >= 2**32:
             raise ArgumentError(f"Pool: batch_size must be below 2**32, got {self.batch_size}")
-        for name in ("rank", "world_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "rank" else 1):
-                raise ArgumentError(f"Pool: {name} must be an integer >= {0 if name == 'rank' else 1}, got {value!r}")
         if self.rank >= self.world_size:
             raise ArgumentError(f"Pool: rank={self.rank} must be below world_size={self.world_size}")
         limit = process_limit()
@@ -172,9 +166,9 @@ def process_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def default_prefetch(workers: Any) -> int:
+def default_prefetch(workers: int) -> int:
     """Slots: enough batches in flight that workers rarely wait on the trainer or on messages."""
-    return max(8, 4 * workers) if isinstance(workers, int) else 1
+    return max(8, 4 * workers)
 
 
 def default_start_method() -> str:
@@ -306,11 +300,11 @@ class Pool:
                                "rank": rank, "world_size": world_size, "start_method": start_method})
         if not isinstance(source, Streamer):
             raise ArgumentError(f"Pool: source must be a prefetch.Streamer or a mux, got {type(source).__name__}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ArgumentError(f"Pool: seed must be None or an integer >= 0, got {seed!r}")
+        if seed is not None:
+            check_int(seed, 0, "Pool: seed")
         if transform is not None and not callable(transform):
             raise ArgumentError(f"Pool: transform must be callable, got {transform!r}")
-        n_workers = workers if workers is not None else (os.cpu_count() or 1)
+        n_workers = check_int(workers, 1, "Pool: workers") if workers is not None else (os.cpu_count() or 1)
         rank, world_size = resolve_rank(rank, world_size)
         if seed is None and isinstance(state, dict) and isinstance(state.get("seed"), int):
             seed_value = state["seed"]

@@ -8,15 +8,13 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ._errors import ArgumentError, EmptyStreamError
+from ._errors import ArgumentError, EmptyStreamError, check_int
 
 
 def check_max_iter(max_iter: int | None) -> None:
     """Reject a `max_iter` that is neither None nor a non-negative integer."""
-    if max_iter is None:
-        return
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ArgumentError(f"max_iter must be None or an integer >= 0, got {max_iter!r}")
+    if max_iter is not None:
+        check_int(max_iter, 0, "max_iter")
 
 
 class Streamer:

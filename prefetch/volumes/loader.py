@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._batch import Batch
-from .._errors import ArgumentError
+from .._errors import ArgumentError, check_int
 from .._pool import Pool, resolve_rank
 from .._streamer import Streamer
 from .._worker_info import worker_info
@@ -182,8 +182,7 @@ class DataGenerator:
                  seed: int | None, rank: int | None, world_size: int | None, pool_options: dict[str, Any]) -> None:
         if not callable(callback):
             raise ArgumentError(f"bind_data_generator: deserialization_callback must be callable, got {callback!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ArgumentError(f"bind_data_generator: batch_size must be an integer >= 1, got {batch_size!r}")
+        check_int(batch_size, 1, "bind_data_generator: batch_size")
         self.volume = Volume.open(volume, cache_dir, cache_limit) if not isinstance(volume, Volume) else volume
         self.result = self.volume.query(query)
         base = self.volume.source
