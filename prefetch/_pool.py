@@ -530,16 +530,14 @@ class Pool:
         length = self.options.batch_size if pad else rows
         fields: dict[Any, Any] = {}
         object_index = 0
-        for f, off in zip(self._schema.fields, offsets, strict=True):
-            if f.is_array:
-                nbytes = self.options.batch_size * f.dtype.itemsize * math.prod(f.shape)
-                array = holder[off:off + nbytes].view(f.dtype).reshape(self.options.batch_size, *f.shape)
+        views = self._schema.views(holder, 0, offsets, self.options.batch_size)
+        for f, array in zip(self._schema.fields, views, strict=True):
+            if array is not None:
                 if pad and rows < length:
                     array[rows:] = 0
                 fields[f.key] = array[:length]
             else:
-                values = [row[object_index] for row in objects]
-                fields[f.key] = values + [None] * (length - rows)
+                fields[f.key] = [row[object_index] for row in objects] + [None] * (length - rows)
                 object_index += 1
         return Batch(fields, rows, index, epoch, finalizer)
 

@@ -93,10 +93,18 @@ class Schema:
         offsets, size = [], 0
         for f in self.fields:
             offsets.append(size)
-            if f.is_array:
-                nbytes = batch_size * f.dtype.itemsize * int(np.prod(f.shape, dtype=np.int64))
-                size += -(-nbytes // 64) * 64
+            size += -(-batch_size * f.row_bytes // 64) * 64
         return offsets, max(size, 64)
+
+    def views(self, buffer: Any, start: int, offsets: list[int], batch_size: int) -> list[np.ndarray | None]:
+        """Each array field of the slot at byte `start` of `buffer` as a (batch_size, *shape) array; None for objects.
+
+        The arrays keep `buffer` alive, so a trainer can tell when the last view of a slot is gone.
+        """
+        return [None if not f.is_array else
+                np.frombuffer(buffer, f.dtype, count=batch_size * f.row_bytes // f.dtype.itemsize,
+                              offset=start + off).reshape(batch_size, *f.shape)
+                for f, off in zip(self.fields, offsets, strict=True)]
 
 
 def _as_array(value: Any) -> np.ndarray | None:

@@ -357,17 +357,7 @@ class _Worker:
         schema = Schema.from_wire(schema_wire)
         self.writer = RowWriter(schema)
         self.mapping = _shm.attach(name)
-        self.slot_arrays = []
-        for s in range(slots):
-            arrays: list[np.ndarray | None] = []
-            for f, off in zip(schema.fields, offsets, strict=True):
-                if not f.is_array:
-                    arrays.append(None)
-                    continue
-                count = batch_size * int(np.prod(f.shape, dtype=np.int64))
-                flat = np.frombuffer(self.mapping, f.dtype, count=count, offset=s * slot_bytes + off)
-                arrays.append(flat.reshape(batch_size, *f.shape))
-            self.slot_arrays.append(arrays)
+        self.slot_arrays = [schema.views(self.mapping, s * slot_bytes, offsets, batch_size) for s in range(slots)]
 
     def fill(self, slot: int, parts: list[list[Any]]) -> None:
         """Write the FILL's samples into their rows: all parts at once, in row order, one call per field."""
