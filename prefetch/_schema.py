@@ -7,6 +7,7 @@ travel beside the batch in messages and appear in the batch as lists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -167,10 +168,10 @@ class RowWriter:
         return fields
 
     def write_many(self, samples: list[Any], rows: np.ndarray, arrays: list[np.ndarray | None],
-                   where: list[str]) -> dict[int, list[Any]]:
+                   where: Callable[[int], str]) -> dict[int, list[Any]]:
         """Write samples into `rows` (ascending) a field at a time; return object field values by row.
 
-        `where` names, per sample, where it came from (for error messages).
+        `where(i)` names where sample i came from; it is asked only for an error message.
 
         The fast path writes each field with one numpy call and exact dtypes; anything
         it cannot take (a missing field, a cast, a shape) goes through `write`, which
@@ -202,7 +203,8 @@ class RowWriter:
                     for row, value in zip(rows.tolist(), values, strict=True):
                         dest[row] = value
         except (KeyError, IndexError, TypeError, ValueError):
-            return {int(r): self.write(s, int(r), arrays, w) for s, r, w in zip(samples, rows, where, strict=True)}
+            return {int(r): self.write(s, int(r), arrays, where(i))
+                    for i, (s, r) in enumerate(zip(samples, rows, strict=True))}
         if not self.object_fields:
             return {}
         keys = [f.key for _, f in self.object_fields]

@@ -82,7 +82,9 @@ class _Instance:
     wanted: int = 0
     ended: bool = False
     np_state: Any = None
+    """This instance's `numpy.random` state while another instance's is loaded."""
     py_state: Any = None
+    """This instance's `random` state while another instance's is loaded."""
 
 
 class _Worker:
@@ -185,14 +187,9 @@ class _Worker:
         config = self.config
         info = WorkerInfo(config.worker_id, config.num_workers, replica, num_replicas, seed, activation, config.rank,
                           config.world_size)
-        inst = _Instance(iid, repr(streamer), streamer, info, iter(()), budget, window)
-        inst.iterator = streamer._iterate(budget)
-        owner = self.rng_owner
-        if owner is not None:
-            owner.np_state, owner.py_state = np.random.get_state(), random.getstate()
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-        self.rng_owner = inst
+        inst = _Instance(iid, repr(streamer), streamer, info, streamer._iterate(budget), budget, window,
+                         np_state=np.random.RandomState(seed % 2**32).get_state(),
+                         py_state=random.Random(seed).getstate())
         self.instances[iid] = inst
         if skip:
             self.skip(inst, skip)
@@ -362,7 +359,7 @@ class _Worker:
     def fill(self, slot: int, parts: list[list[Any]]) -> None:
         """Write the FILL's samples into their rows: all parts at once, in row order, one call per field."""
         start = time.perf_counter()
-        rows_by_part, samples, streams = [], [], []
+        rows_by_part, samples, names = [], [], []
         inst = None
         try:
             for iid, rows in parts:
@@ -378,15 +375,15 @@ class _Worker:
                                         "it was assigned; it does not yield the same samples when restarted")
                 rows_by_part.append(rows)
                 samples += [ready.popleft() for _ in range(len(rows))]
-                streams += [f"stream {inst.name}"] * len(rows)
+                names.append(f"stream {inst.name}")
                 self.schedule(inst)
-            rows = rows_by_part[0] if len(rows_by_part) == 1 else np.concatenate(rows_by_part)
+            part = np.repeat(np.arange(len(names)), [len(r) for r in rows_by_part])
+            rows = np.concatenate(rows_by_part)
             if len(rows_by_part) > 1:
                 order = np.argsort(rows, kind="stable")
-                rows = rows[order]
+                rows, part = rows[order], part[order]
                 samples = [samples[i] for i in order.tolist()]
-                streams = [streams[i] for i in order.tolist()]
-            objects = self.writer.write_many(samples, rows, self.slot_arrays[slot], streams)
+            objects = self.writer.write_many(samples, rows, self.slot_arrays[slot], lambda i: names[part[i]])
         except (DataError, PrefetchError) as exc:
             self.fail("schema", exc, inst, f"worker {self.config.worker_id}")
             return
