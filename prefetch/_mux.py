@@ -16,7 +16,7 @@ import numpy as np
 
 from ._errors import ArgumentError, add_note, check_int
 from ._policy import Activation, ChainPolicy, RoundRobinPolicy, ShuffledPolicy, StochasticPolicy
-from ._streamer import Streamer, check_max_iter
+from ._streamer import Streamer
 
 BLOCK = 256
 """Rows of stream choices drawn at a time; fixed so that every driver draws the same."""
@@ -100,11 +100,6 @@ class BaseMux(Streamer):
 
     def _child(self, key: Any) -> Streamer:
         return self.streamers[key] if isinstance(key, int) else key
-
-    def iterate(self, max_iter: int | None = None) -> Iterator[Any]:
-        """Start the mux afresh and yield at most `max_iter` samples."""
-        check_max_iter(max_iter)
-        return self._drive(_open_in_process, max_iter)
 
     def _iterate(self, max_iter: int | None) -> Iterator[Any]:
         return self._drive(_open_in_process, max_iter)

@@ -16,7 +16,7 @@ import signal
 import traceback
 import weakref
 from collections import Counter, deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +213,8 @@ class MuxProcess:
         self.epoch_index = 0
         self.epoch_rows = 0
         self.driver: Any = None
-        self.block: tuple[np.ndarray, dict[int, Any], int] | None = None
+        self.block: tuple[np.ndarray, dict[int, Any]] | None = None
+        self.rows: Callable[[int], list[tuple[RemoteInstance, np.ndarray]]] = self.leaf_rows
         self.block_pos = 0
         self.block_sent: tuple[int, int | None] | None = None
         self.planned: tuple[list[tuple[RemoteInstance, np.ndarray]], int, bool] | None = None
@@ -362,7 +363,6 @@ class MuxProcess:
                                  | ({self.awaiting} if self.awaiting is not None else set())),
             "slots_free": len(self.free),
             "slots_filling": len(self.filling) + len(self.done),
-            "batches_assigned": self.seq,
             "epoch": self.epoch,
         }
 
@@ -437,36 +437,35 @@ class MuxProcess:
         self.block = None
         self.block_sent = None
         if not isinstance(source, BaseMux):
-            self.driver = self.open_leaf(source, None)
+            self.driver, self.rows = self.open_leaf(source, None), self.leaf_rows
         elif isinstance(source.streamers, list) and any(isinstance(c, BaseMux) for c in source.streamers):
-            self.driver = source._drive(self.open_child, None, self.control)
+            self.driver, self.rows = source._drive(self.open_child, None, self.control), self.row_by_row
         else:
-            self.driver = source._blocks(self.open_child, None, self.control)
+            self.driver, self.rows = source._blocks(self.open_child, None, self.control), self.block_rows
 
-    def rows(self, n: int) -> list[tuple[RemoteInstance, np.ndarray]]:
-        """The next n rows of the epoch as (instance, row positions); fewer rows when the epoch ends."""
-        driver = self.driver
-        if isinstance(driver, (RemoteInstance, ReplicatedInstance)):
-            parts, filled = [], 0
-            while filled < n:
-                runs = driver.take(n - filled)
-                if not runs:
-                    break
-                for inst, k in runs:
-                    parts.append((inst, np.arange(filled, filled + k)))
-                    filled += k
-            return parts
-        if isinstance(driver, Generator) and driver.gi_code is BaseMux._blocks.__code__:
-            return self.block_rows(n)
-        parts = []
+    def leaf_rows(self, n: int) -> list[tuple[RemoteInstance, np.ndarray]]:
+        """rows() when the source is one stream: runs of rows straight from its instance (or replicas)."""
+        parts, filled = [], 0
+        while filled < n:
+            runs = self.driver.take(n - filled)
+            if not runs:
+                break
+            for inst, k in runs:
+                parts.append((inst, np.arange(filled, filled + k)))
+                filled += k
+        return parts
+
+    def row_by_row(self, n: int) -> list[tuple[RemoteInstance, np.ndarray]]:
+        """rows() for nested muxes: the in-process driver yields one row's instance at a time."""
+        rows: dict[RemoteInstance, list[int]] = {}
         for row in range(n):
             try:
-                inst = next(driver)
+                inst = next(self.driver)
             except StopIteration:
                 break
             self.slot_row += 1
-            parts.append((inst, np.array([row])))
-        return parts
+            rows.setdefault(inst, []).append(row)
+        return [(inst, np.array(r)) for inst, r in rows.items()]
 
     def block_rows(self, n: int) -> list[tuple[RemoteInstance, np.ndarray]]:
         """rows() for a mux of leaf streams: whole blocks of stream choices at a time, with numpy."""
@@ -478,8 +477,8 @@ class MuxProcess:
                     step = next(self.driver) if self.block_sent is None else self.driver.send(self.block_sent)
                 except StopIteration:
                     break
-                self.block, self.block_pos, self.block_sent = (*step, 0), 0, None
-            choices, opened, _ = self.block
+                self.block, self.block_pos, self.block_sent = step, 0, None
+            choices, opened = self.block
             segment = choices[self.block_pos:self.block_pos + n - filled]
             needs = np.bincount(segment)
             cut, exhausted = len(segment), None
@@ -560,28 +559,27 @@ class MuxProcess:
         only no slot is filled. An epoch whose last batch is the last one skipped is
         announced as ended (the trainer ignores it if it had seen that end).
         """
-        while self.seq < target:
-            if self.driver is None:
-                if not self.epoch_wanted:
-                    return
-                self.epoch_wanted = False
-                self.start_epoch()
+        while self.seq < target and self.next_epoch():
             parts, rows, ended = self.plan()
-            if rows == 0:
+            if rows:
+                per_worker: dict[int, dict[int, int]] = {}
+                for inst, r in parts:
+                    counts = per_worker.setdefault(inst.worker, {})
+                    counts[inst.iid] = counts.get(inst.iid, 0) + len(r)
+                    inst.filled += len(r)
+                for worker, counts in per_worker.items():
+                    self.to_worker(worker, Msg.SKIP, [[iid, n] for iid, n in counts.items()])
+                self.count(parts, rows, ended)
                 self.next_ready = self.seq
-                self.end_epoch()
-                continue
-            per_worker: dict[int, dict[int, int]] = {}
-            for inst, r in parts:
-                counts = per_worker.setdefault(inst.worker, {})
-                counts[inst.iid] = counts.get(inst.iid, 0) + len(r)
-                inst.filled += len(r)
-            for worker, counts in per_worker.items():
-                self.to_worker(worker, Msg.SKIP, [[iid, n] for iid, n in counts.items()])
-            self.count(parts, rows, ended)
-            self.next_ready = self.seq
             if ended:
                 self.end_epoch()
+
+    def next_epoch(self) -> bool:
+        """Whether an epoch is running, starting the next one if one is wanted."""
+        if self.driver is None and self.epoch_wanted and not self.failed:
+            self.epoch_wanted = False
+            self.start_epoch()
+        return self.driver is not None
 
     def on_filled(self, slot: int, worker: int, objects: dict[int, list[Any]]) -> None:
         filling = self.filling[slot]
@@ -611,10 +609,7 @@ class MuxProcess:
             self.pump(POLL_MS)
         self.skip_to(self.config.resume_seq)
         while True:
-            if self.driver is None and self.epoch_wanted and not self.failed:
-                self.epoch_wanted = False
-                self.start_epoch()
-            while self.driver is not None and not self.failed:
+            while self.next_epoch() and not self.failed:
                 if self.planned is None:
                     self.planned = self.plan()
                 parts, rows, ended = self.planned
