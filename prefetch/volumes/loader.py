@@ -134,15 +134,17 @@ class Loader:
         n, size = self.items.per_rank(), self.items.batch_size
         return n // size if self.drop_last else math.ceil(n / size)
 
+    def _start(self, state: dict[str, Any] | None = None) -> Pool:
+        self.close()
+        self.pool = Pool(PhaseStream(self.items), batch_size=self.items.batch_size, workers=self.workers,
+                         seed=self.items.seed, last_batch="drop" if self.drop_last else "pad",
+                         rank=self.items.rank, world_size=self.items.world_size, state=state, **self.pool_options)
+        return self.pool
+
     def __iter__(self) -> Iterator[Batch]:
         if len(self) == 0:
             return iter(())
-        if self.pool is None:
-            workers = self.workers if self.workers is not None else None
-            self.pool = Pool(PhaseStream(self.items), batch_size=self.items.batch_size, workers=workers,
-                             seed=self.items.seed, last_batch="drop" if self.drop_last else "pad",
-                             rank=self.items.rank, world_size=self.items.world_size, **self.pool_options)
-        return iter(self.pool)
+        return iter(self.pool or self._start())
 
     def state_dict(self) -> dict[str, Any] | None:
         """Where this phase's training stands (see Pool.state_dict); None before the first batch."""
@@ -150,12 +152,8 @@ class Loader:
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Resume from a state_dict() before iterating (the pool starts with it)."""
-        if state is None:
-            return
-        self.close()
-        self.pool = Pool(PhaseStream(self.items), batch_size=self.items.batch_size, workers=self.workers,
-                         seed=self.items.seed, last_batch="drop" if self.drop_last else "pad",
-                         rank=self.items.rank, world_size=self.items.world_size, state=state, **self.pool_options)
+        if state is not None:
+            self._start(state)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -186,10 +184,8 @@ class DataGenerator:
         self.volume = Volume.open(volume, cache_dir, cache_limit) if not isinstance(volume, Volume) else volume
         self.result = self.volume.query(query)
         base = self.volume.source
-        self.source = Source(base.url, None if cache_dir is None else str(cache_dir),
-                             parse_size(cache_limit) if cache_limit is not None else base.cache_limit)
-        if cache_dir is None and base.cache_dir is not None:
-            self.source = Source(base.url, base.cache_dir, self.source.cache_limit)
+        self.source = Source(base.url, base.cache_dir if cache_dir is None else str(cache_dir),
+                             base.cache_limit if cache_limit is None else parse_size(cache_limit))
         self.callback, self.batch_size, self.drop_last = callback, batch_size, drop_last
         self.workers, self.shuffle, self.pool_options = workers, shuffle, pool_options
         self.seed = self.result.query.seed if seed is None else seed
