@@ -120,3 +120,25 @@ def with_bad_sample(n, at, bad):
     """n good {"x": float32[3], "y": int64} samples, except sample `at`, which is `bad`."""
     for i in range(n):
         yield bad if i == at else {"x": np.full(3, i, np.float32), "y": np.int64(i)}
+
+
+def seek_only_rows(n, marker, start):
+    """Samples from `start`; raises if started from 0 a second time (the marker file remembers the first)."""
+    if start == 0:
+        if os.path.exists(marker):
+            raise RuntimeError("replayed from the start instead of seeking")
+        open(marker, "w").close()
+    for i in range(start, n):
+        time.sleep(0.0005)
+        yield {"y": np.int64(i)}
+
+
+class SeekOnly(prefetch.Streamer):
+    """A stream that can be started from the beginning only once; after that it must be reached with seek."""
+
+    def __init__(self, n, marker):
+        super().__init__(seek_only_rows, n, marker, 0)
+        self.n, self.marker = n, marker
+
+    def seek(self, position):
+        return seek_only_rows(self.n, self.marker, position)

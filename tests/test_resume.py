@@ -181,11 +181,8 @@ def test_volume_loaders_resume_exactly_with_any_worker_count(tmp_path):
         return gen, loader
 
     def ids(loader, n):
-        return [b["fields"]["y"][:b["size"]].tolist() for b in take(loader.pool or _start(loader), n)]
-
-    def _start(loader):
         iter(loader)
-        return loader.pool
+        return [b["fields"]["y"][:b["size"]].tolist() for b in take(loader.pool, n)]
 
     gen, ref = loader(2)
     reference = ids(ref, 20)

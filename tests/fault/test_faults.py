@@ -264,3 +264,14 @@ def test_ctrl_c_in_the_training_loop_cleans_up():
     code, err = _run_and_check(INTERRUPTED, interrupt=True)
     assert "KeyboardInterrupt" in err
     assert code != 0
+
+
+def test_a_restarted_worker_jumps_with_seek_instead_of_replaying(tmp_path):
+    with Pool(streams.SeekOnly(600, str(tmp_path / "started")), batch_size=10, workers=1) as pool:
+        got = []
+        for i, batch in enumerate(pool):
+            got.extend(int(y) for y in batch["y"])
+            if i == 3:
+                kill_worker(pool, 0)
+        assert pool.stats()["restarts"] == 1
+    assert got == list(range(600))
