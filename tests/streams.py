@@ -123,7 +123,9 @@ def with_bad_sample(n, at, bad):
 
 
 def seek_only_rows(n, marker, start):
-    """Samples from `start`; raises if started from 0 a second time (the marker file remembers the first)."""
+    """Samples from `start`; raises if one activation (epoch) is started from 0 twice (a marker file remembers)."""
+    info = prefetch.worker_info()
+    marker = f"{marker}.{info.activation if info else 0}"
     if start == 0:
         if os.path.exists(marker):
             raise RuntimeError("replayed from the start instead of seeking")
@@ -134,7 +136,7 @@ def seek_only_rows(n, marker, start):
 
 
 class SeekOnly(prefetch.Streamer):
-    """A stream that can be started from the beginning only once; after that it must be reached with seek."""
+    """A stream each epoch of which can start from the beginning only once; after that, seek must reach it."""
 
     def __init__(self, n, marker):
         super().__init__(seek_only_rows, n, marker, 0)
