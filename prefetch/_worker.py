@@ -377,13 +377,19 @@ class _Worker:
                 samples += [ready.popleft() for _ in range(len(rows))]
                 names.append(f"stream {inst.name}")
                 self.schedule(inst)
-            part = np.repeat(np.arange(len(names)), [len(r) for r in rows_by_part])
-            rows = np.concatenate(rows_by_part)
-            if len(rows_by_part) > 1:
+            part = None
+            rows = rows_by_part[0]
+            if len(names) > 1:
+                part = np.repeat(np.arange(len(names)), [len(r) for r in rows_by_part])
+                rows = np.concatenate(rows_by_part)
                 order = np.argsort(rows, kind="stable")
                 rows, part = rows[order], part[order]
                 samples = [samples[i] for i in order.tolist()]
-            objects = self.writer.write_many(samples, rows, self.slot_arrays[slot], lambda i: names[part[i]])
+
+            def where(i: int) -> str:
+                return names[0 if part is None else part[i]]
+
+            objects = self.writer.write_many(samples, rows, self.slot_arrays[slot], where)
         except (DataError, PrefetchError) as exc:
             self.fail("schema", exc, inst, f"worker {self.config.worker_id}")
             return
