@@ -7,6 +7,7 @@ travel beside the batch in messages and appear in the batch as lists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -37,7 +38,7 @@ class Field:
     @property
     def row_bytes(self) -> int:
         """Bytes of one row of this field (0 for object fields)."""
-        return 0 if self.dtype is None else self.dtype.itemsize * int(np.prod(self.shape, dtype=np.int64))
+        return 0 if self.dtype is None else self.dtype.itemsize * math.prod(self.shape)
 
     def describe(self) -> str:
         return f"{self.dtype}{list(self.shape)}" if self.is_array else "object"
@@ -102,9 +103,9 @@ class Schema:
 
         The arrays keep `buffer` alive, so a trainer can tell when the last view of a slot is gone.
         """
+        data = buffer if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, np.uint8)
         return [None if not f.is_array else
-                np.frombuffer(buffer, f.dtype, count=batch_size * f.row_bytes // f.dtype.itemsize,
-                              offset=start + off).reshape(batch_size, *f.shape)
+                data[start + off:start + off + batch_size * f.row_bytes].view(f.dtype).reshape(batch_size, *f.shape)
                 for f, off in zip(self.fields, offsets, strict=True)]
 
 
