@@ -241,9 +241,16 @@ def _run_and_check(script, interrupt):
         name, *pids = proc.stdout.readline().split()
         if interrupt:
             proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            alive = [p for p in pids if _alive(int(p))]
+            pytest.fail(f"the trainer did not exit within 30 s; pool processes still alive: {alive}\n{err}")
     finally:
         proc.kill()
+        proc.wait()
         proc.stdout.close()
         proc.stderr.close()
     deadline = time.monotonic() + 3
