@@ -26,7 +26,7 @@ import zmq
 from . import _shm
 from ._mux import BLOCK, BaseMux, DriveControl
 from ._streamer import Streamer
-from ._wire import Msg, decode, encode
+from ._wire import Msg, decode, encode, send_while_parent_lives
 
 POLL_MS = 200
 """Longest wait for a message before the mux process checks that the trainer lives."""
@@ -247,15 +247,9 @@ class MuxProcess:
 
     def to_trainer(self, kind: Msg, *fields: Any) -> None:
         """Send to the trainer; a send that cannot complete (the trainer is gone) stops the mux process."""
-        message = encode(kind, *fields)
-        while True:
-            try:
-                self.trainer.send(message)
-                return
-            except zmq.Again:
-                if os.getppid() != self.config.parent_pid:
-                    self.stopping = True
-                    raise _Stop from None
+        if not send_while_parent_lives(self.trainer, encode(kind, *fields), self.config.parent_pid):
+            self.stopping = True
+            raise _Stop
 
     def pump(self, timeout_ms: int) -> None:
         """Handle every message that arrives within the timeout; check the trainer lives."""

@@ -7,11 +7,13 @@ msgpack carries natively or, failing that, as pickled bytes in an ext type.
 
 from __future__ import annotations
 
+import os
 import pickle
 from enum import IntEnum
 from typing import Any
 
 import msgpack
+import zmq
 
 from ._errors import PrefetchError
 
@@ -82,6 +84,21 @@ def _ext_hook(code: int, data: bytes) -> Any:
 def encode(kind: Msg, *fields: Any) -> bytes:
     """One message as bytes."""
     return msgpack.packb([VERSION, int(kind), *fields], default=_default, use_bin_type=True)
+
+
+def send_while_parent_lives(sock: Any, message: bytes, parent_pid: int) -> bool:
+    """Send on a socket with a send timeout, retrying while the parent process lives; False once it is gone.
+
+    A send with no peer blocks for ever in ZeroMQ; the timeout turns that into a
+    chance to notice that the trainer died and the peer will never come back.
+    """
+    while True:
+        try:
+            sock.send(message)
+            return True
+        except zmq.Again:
+            if os.getppid() != parent_pid:
+                return False
 
 
 def decode(data: bytes) -> tuple[Msg, list[Any]]:

@@ -30,7 +30,7 @@ from . import _shm
 from ._errors import DataError, PrefetchError
 from ._schema import RowWriter, Schema, infer
 from ._streamer import Streamer
-from ._wire import Msg, decode, encode
+from ._wire import Msg, decode, encode, send_while_parent_lives
 from ._worker_info import WorkerInfo, set_worker_info
 
 CHUNK_SECONDS = 0.002
@@ -105,14 +105,8 @@ class _Worker:
 
     def send(self, kind: Msg, *fields: Any) -> None:
         """Send to the mux process; if it cannot be reached and the trainer is gone, exit."""
-        message = encode(kind, *fields)
-        while True:
-            try:
-                self.sock.send(message)
-                return
-            except zmq.Again:
-                if os.getppid() != self.config.parent_pid:
-                    raise SystemExit(0) from None
+        if not send_while_parent_lives(self.sock, encode(kind, *fields), self.config.parent_pid):
+            raise SystemExit(0)
 
     def run(self) -> None:
         self.send(Msg.HELLO, self.config.worker_id, self.config.generation)
