@@ -1,14 +1,14 @@
 """Muxes: streamers that interleave many streams, with pescador's semantics.
 
-Each mux pairs a pure policy (`_policy`) with one driver, `_drive`, that opens child
-streams through an `open_child` callback. Iterating a mux in process passes a
+Each mux pairs a pure policy (`_policy`) walked by a `Walk`; `_drive` pulls rows from
+child streams it opens through an `open_child` callback. Iterating a mux in process passes a
 callback that iterates the child; the pool's mux process passes one that hands the
 child to a worker. Both therefore walk the policy identically.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from numbers import Integral, Real
 from typing import Any
 
@@ -17,9 +17,7 @@ import numpy as np
 from ._errors import ArgumentError, add_note, check_int
 from ._policy import Activation, ChainPolicy, RoundRobinPolicy, ShuffledPolicy, StochasticPolicy
 from ._streamer import Streamer
-
-BLOCK = 256
-"""Rows of stream choices drawn at a time; fixed so that every driver draws the same."""
+from ._walk import Walk
 
 OpenChild = Callable[[Streamer, "int | None"], Iterator[Any]]
 
@@ -104,66 +102,46 @@ class BaseMux(Streamer):
     def _iterate(self, max_iter: int | None) -> Iterator[Any]:
         return self._drive(_open_in_process, max_iter)
 
-    def _blocks(self, open_child: OpenChild, max_iter: int | None,
-                control: DriveControl | None = None) -> Generator[tuple[np.ndarray, dict[int, Any]], Any, None]:
-        """Walk the policy a block of stream choices at a time.
+    def _walk(self, max_iter: int | None, saving: bool = False) -> Walk:
+        """A new pass over this mux's policy, with a fresh activation generator."""
+        return Walk(self._policy(self._activation_rng()), max_iter, saving)
 
-        Yields (choices, opened): the active slot of each of the next rows, and each
-        slot's (child iterator, child key). The consumer sends back (delivered,
-        exhausted): how many rows it took, and the slot whose stream ran out at the
-        next row (None if none). `control` lets the pool see the policy (to reweight
-        it) and cap the rows drawn ahead, so that a reweighting starts at an exact row.
+    def _drive(self, open_child: OpenChild, max_iter: int | None,
+               control: DriveControl | None = None) -> Iterator[Any]:
+        """Walk the policy row by row, pulling each row from the child stream it chooses.
+
+        `control` lets the pool see the policy (to reweight it) and cap the rows drawn
+        ahead, so that a reweighting starts at an exact row.
         """
-        policy = self._policy(self._activation_rng())
+        walk = self._walk(max_iter)
         if control is not None:
-            control.policy = policy
+            control.policy = walk.policy
         opened: dict[int, tuple[Iterator[Any], Any]] = {}
 
         def launch(activations: list[Activation]) -> None:
             for a in activations:
                 opened[a.slot] = (open_child(self._child(a.child), a.budget), a.child)
 
-        launch(policy.start())
-        remaining = max_iter
-        while remaining is None or remaining > 0:
-            n = BLOCK if remaining is None else min(BLOCK, remaining)
-            if control is not None:
-                n = control.cap(n)
-            choices = policy.choose(n)
-            if len(choices) == 0:
-                return
-            delivered, exhausted = yield choices, opened
-            if remaining is not None:
-                remaining -= delivered
-            for slot in policy.advance(choices[:delivered]):
-                launch(policy.ended(slot))
-            if exhausted is not None:
-                launch(policy.ended(exhausted))
-
-    def _drive(self, open_child: OpenChild, max_iter: int | None,
-               control: DriveControl | None = None) -> Iterator[Any]:
-        """Walk the policy row by row, pulling each row from the child stream it chooses."""
-        blocks = self._blocks(open_child, max_iter, control)
-        try:
-            choices, opened = next(blocks)
-            while True:
-                exhausted = None
-                delivered = 0
-                for slot in choices.tolist():
-                    stream, key = opened[slot]
-                    try:
-                        item = next(stream)
-                    except StopIteration:
-                        exhausted = slot
-                        break
-                    except Exception as exc:
-                        add_note(exc, f"raised in stream {key!r} ({self._child(key)!r}) of {self!r}")
-                        raise
-                    delivered += 1
-                    yield item
-                choices, opened = blocks.send((delivered, exhausted))
-        except StopIteration:
-            return
+        launch(walk.start())
+        while (choices := walk.draw(None if control is None else control.cap)) is not None:
+            exhausted = None
+            delivered = 0
+            for slot in choices.tolist():
+                stream, key = opened[slot]
+                try:
+                    item = next(stream)
+                except StopIteration:
+                    exhausted = slot
+                    break
+                except Exception as exc:
+                    add_note(exc, f"raised in stream {key!r} ({self._child(key)!r}) of {self!r}")
+                    raise
+                delivered += 1
+                yield item
+            ended, activations = walk.finish(delivered, exhausted)
+            for slot in ended:
+                del opened[slot]
+            launch(activations)
 
 
 class DriveControl:

@@ -11,11 +11,18 @@ Protocol, as a driver uses it:
   the rows actually delivered and returns the slots whose budget ran out;
   `ended(slot)` says the stream in `slot` ended (budget or exhaustion) and returns
   the activations that replace it. An activation opens child `child` of the mux
-  with at most `budget` samples (None: until it ends).
+  with at most `budget` samples (None: until it ends). `live()` maps each active
+  slot to its child.
+
+State: `get_state()` is a plain dict (JSON- and msgpack-safe) of everything the
+policy knows, its RNG included; `set_state()` on a policy built with the same
+arguments continues exactly where that one stood. The format may change between
+prefetch versions (a pool's state carries its format number).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +41,52 @@ class Activation:
     slot: int
     child: Any
     budget: int | None
+
+
+def rng_state(rng: Rng) -> Any:
+    """The generator's state, JSON- and msgpack-safe (its 128-bit integers as hex text)."""
+    if isinstance(rng, np.random.RandomState):
+        state = rng.get_state(legacy=False)
+        state["state"]["key"] = state["state"]["key"].tolist()
+        return json.dumps(state)
+    state = rng.bit_generator.state
+    if state["bit_generator"] in ("PCG64", "PCG64DXSM"):
+        inner = state["state"]
+        return [state["bit_generator"], f"{inner['state']:x}", f"{inner['inc']:x}", state["has_uint32"],
+                state["uinteger"]]
+    return json.dumps(state)
+
+
+def set_rng_state(rng: Rng, saved: Any) -> None:
+    """Load a state from rng_state into a generator of the same kind."""
+    if isinstance(saved, list):
+        name, value, inc, has_uint32, uinteger = saved
+        rng.bit_generator.state = {"bit_generator": name, "state": {"state": int(value, 16), "inc": int(inc, 16)},
+                                   "has_uint32": has_uint32, "uinteger": uinteger}
+        return
+    state = json.loads(saved)
+    if isinstance(rng, np.random.RandomState):
+        state["state"]["key"] = np.array(state["state"]["key"], dtype=np.uint32)
+        rng.set_state(state)
+    else:
+        rng.bit_generator.state = state
+
+
+def _arrays_state(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named arrays as lists (boolean ones as a string of 0s and 1s) and the generator's state."""
+    state: dict[str, Any] = {}
+    for name in names:
+        array = getattr(obj, name)
+        state[name] = "".join("01"[b] for b in array.tolist()) if array.dtype == np.bool_ else array.tolist()
+    state["rng"] = rng_state(obj.rng)
+    return state
+
+
+def _set_arrays_state(obj: Any, names: tuple[str, ...], state: dict[str, Any]) -> None:
+    for name in names:
+        dtype, value = getattr(obj, name).dtype, state[name]
+        setattr(obj, name, np.array([c == "1" for c in value] if dtype == np.bool_ else value, dtype=dtype))
+    set_rng_state(obj.rng, state["rng"])
 
 
 def _pick(rng: Rng, mass: np.ndarray) -> int:
@@ -86,8 +139,29 @@ class StochasticPolicy:
         self.activations = np.zeros(n, dtype=np.int64)
         self.empty_since_sample: set[int] = set()
 
+    STATE = ("weights", "child", "budget", "produced", "pruned", "visited", "activations")
+
+    @property
+    def predictable(self) -> bool:
+        """Whether a copy can foresee the next activations: every one ends by its budget, not only by exhaustion."""
+        return self.rate is not None
+
     def set_weights(self, weights: np.ndarray) -> None:
         self.weights = np.array(weights, dtype=float)
+
+    def get_state(self) -> dict[str, Any]:
+        state = _arrays_state(self, self.STATE)
+        state["budget"] = [None if np.isinf(b) else b for b in state["budget"]]
+        state["empty_since_sample"] = sorted(self.empty_since_sample)
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = {**state, "budget": [np.inf if b is None else b for b in state["budget"]]}
+        _set_arrays_state(self, self.STATE, state)
+        self.empty_since_sample = set(state["empty_since_sample"])
+
+    def live(self) -> dict[int, Any]:
+        return {s: int(c) for s, c in enumerate(self.child.tolist()) if c >= 0}
 
     def start(self) -> list[Activation]:
         started = [self._activate(slot, initial=True) for slot in range(self.n_active)]
@@ -200,10 +274,22 @@ class ShuffledPolicy:
         self.rng = rng
         self.produced = np.zeros(len(weights), dtype=np.int64)
 
+    STATE = ("weights", "user_zero", "produced")
+
     def set_weights(self, weights: np.ndarray) -> None:
         pruned = (self.weights == 0) & ~self.user_zero
         self.weights = np.where(pruned, 0.0, np.asarray(weights, dtype=float))
         self.user_zero = np.asarray(weights) == 0
+
+    def get_state(self) -> dict[str, Any]:
+        return _arrays_state(self, self.STATE)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        _set_arrays_state(self, self.STATE, state)
+
+    def live(self) -> dict[int, Any]:
+        pruned = (self.weights == 0) & ~self.user_zero
+        return {s: s for s in np.flatnonzero(~pruned).tolist()}
 
     def start(self) -> list[Activation]:
         return [Activation(s, s, None) for s in range(len(self.weights))]
@@ -235,19 +321,31 @@ class RoundRobinPolicy:
 
     def __init__(self, n_streams: int, mode: str, rng: Rng) -> None:
         self.n, self.mode, self.rng = n_streams, mode, rng
-        self.live = np.zeros(n_streams, dtype=bool)
+        self.alive = np.zeros(n_streams, dtype=bool)
         self.order = np.arange(n_streams)
         self.next_slot = 0
         self.round_produced = 0
 
+    def get_state(self) -> dict[str, Any]:
+        state = _arrays_state(self, ("alive", "order"))
+        state.update(next_slot=self.next_slot, round_produced=self.round_produced)
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        _set_arrays_state(self, ("alive", "order"), state)
+        self.next_slot, self.round_produced = state["next_slot"], state["round_produced"]
+
+    def live(self) -> dict[int, Any]:
+        return {s: int(self.order[s]) for s in np.flatnonzero(self.alive).tolist()}
+
     def start(self) -> list[Activation]:
-        self.live[:] = True
+        self.alive[:] = True
         self.next_slot = 0
         self.round_produced = 0
         return [Activation(s, int(self.order[s]), None) for s in range(self.n)]
 
     def choose(self, n: int) -> np.ndarray:
-        slots = np.flatnonzero(self.live)
+        slots = np.flatnonzero(self.alive)
         if len(slots) == 0:
             return np.empty(0, dtype=np.int64)
         turn = np.roll(slots, -int(np.searchsorted(slots, self.next_slot)))
@@ -260,8 +358,8 @@ class RoundRobinPolicy:
         return []
 
     def ended(self, slot: int) -> list[Activation]:
-        self.live[slot] = False
-        if self.live.any() or self.mode == "exhaustive":
+        self.alive[slot] = False
+        if self.alive.any() or self.mode == "exhaustive":
             return []
         if self.round_produced == 0:
             raise EmptyStreamError(f"RoundRobinMux(mode={self.mode!r}): every stream yielded nothing in a whole round")
@@ -277,18 +375,37 @@ class ChainPolicy:
         self.children, self.mode = children, mode
         self.pass_children: Iterator[Any] = iter(())
         self.pass_produced = 0
-        self.live = False
+        self.taken = 0
+        self.current: Any = None
+        self.active = False
+
+    def get_state(self) -> dict[str, Any]:
+        return {"taken": self.taken, "pass_produced": self.pass_produced, "active": self.active}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restart the pass's children and move past the `taken` already opened (generated ones are made again)."""
+        self.pass_children = self.children()
+        self.taken, self.current = 0, None
+        for _ in range(state["taken"]):
+            self.current = next(self.pass_children)
+            self.taken += 1
+        self.pass_produced, self.active = state["pass_produced"], state["active"]
+
+    def live(self) -> dict[int, Any]:
+        return {0: self.current} if self.active else {}
 
     def start(self) -> list[Activation]:
         self.pass_children = self.children()
         self.pass_produced = 0
+        self.taken = 0
         return self._next()
 
     def _next(self) -> list[Activation]:
         for child in self.pass_children:
-            self.live = True
+            self.active, self.current = True, child
+            self.taken += 1
             return [Activation(0, child, None)]
-        self.live = False
+        self.active, self.current = False, None
         if self.mode == "cycle":
             if self.pass_produced == 0:
                 raise EmptyStreamError("ChainMux(mode='cycle'): a whole pass over the streams yielded nothing")
@@ -296,7 +413,7 @@ class ChainPolicy:
         return []
 
     def choose(self, n: int) -> np.ndarray:
-        return np.zeros(n if self.live else 0, dtype=np.int64)
+        return np.zeros(n if self.active else 0, dtype=np.int64)
 
     def advance(self, choices: np.ndarray) -> list[int]:
         self.pass_produced += len(choices)

@@ -39,11 +39,28 @@ from ._errors import (
     add_note,
     check_int,
 )
-from ._mux import BLOCK, BaseMux, check_weights
-from ._muxproc import MuxConfig, mux_main
+from ._messages import (
+    FROM_TRAINER,
+    TO_TRAINER,
+    End,
+    Failure,
+    Free,
+    Message,
+    NextEpoch,
+    Ready,
+    SchemaFound,
+    Segment,
+    State,
+    Stats,
+    Stop,
+    Weights,
+)
+from ._mux import BaseMux, check_weights
+from ._muxproc import Leaves, MuxConfig, mux_main
+from ._process import derive_seed
 from ._schema import Schema
 from ._streamer import Streamer
-from ._wire import Msg, decode, encode
+from ._walk import BLOCK
 from ._worker import RECONNECT_MS, WorkerConfig, worker_main
 
 POLL_MS = 100
@@ -134,7 +151,8 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return env("RANK", rank, 0), env("WORLD_SIZE", world_size, 1)
 
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+"""Version of Pool.state_dict's layout; a state of another version is refused."""
 
 
 def check_state(state: Any, options: PoolOptions, order_depends_on_workers: bool, seed_given: bool) -> None:
@@ -179,13 +197,11 @@ def default_start_method() -> str:
 @dataclass
 class _Tree:
     source: Streamer
-    leaves: list[Streamer]
-    placement: list[int | None]
-    labels: list[str]
+    leaves: Leaves
 
 
-def _prepare(source: Streamer, seed: int, workers: int) -> _Tree:
-    """Copy the mux tree, seed its unseeded muxes from the pool seed, and place its leaves on workers."""
+def _prepare(source: Streamer, seed: int) -> _Tree:
+    """Copy the mux tree, seed its unseeded muxes from the pool seed, and list its leaves."""
     leaves: list[Streamer] = []
     seen: dict[int, int] = {}
 
@@ -193,7 +209,7 @@ def _prepare(source: Streamer, seed: int, workers: int) -> _Tree:
         if isinstance(node, BaseMux):
             twin = copy.copy(node)
             if node.random_state is None:
-                twin.random_state = int(np.random.SeedSequence(seed, spawn_key=(2**31, *path)).generate_state(1)[0])
+                twin.random_state = derive_seed(seed, 2**31, *path)
             if isinstance(node.streamers, list):
                 twin.streamers = [rebuild(child, (*path, i)) for i, child in enumerate(node.streamers)]
             return twin
@@ -203,23 +219,15 @@ def _prepare(source: Streamer, seed: int, workers: int) -> _Tree:
         return node
 
     tree = rebuild(source, ())
-    placement: list[int | None] = []
-    spread = 0
-    for leaf in leaves:
-        if leaf.replicas:
-            placement.append(None)
-        else:
-            placement.append(spread % workers)
-            spread += 1
     names = [repr(leaf) for leaf in leaves]
     labels = [name if names.count(name) == 1 else f"{name}#{i}" for i, name in enumerate(names)]
-    return _Tree(tree, leaves, placement, labels)
+    return _Tree(tree, Leaves(leaves, [leaf.replicas for leaf in leaves], labels))
 
 
 def _check_picklable(method: str, tree: _Tree, transform: Any) -> None:
     if method == "fork":
         return
-    named = [(f"stream {label}", leaf) for label, leaf in zip(tree.labels, tree.leaves, strict=True)]
+    named = [(f"stream {label}", leaf) for label, leaf in zip(tree.leaves.labels, tree.leaves.streams, strict=True)]
     named.append(("the source", tree.source))
     if transform is not None:
         named.append((f"transform {transform!r}", transform))
@@ -248,7 +256,7 @@ class _Resources:
         if self.sock is not None:
             self.sock.setsockopt(zmq.SNDTIMEO, STOP_SEND_MS)
             with contextlib.suppress(zmq.ZMQError):
-                self.sock.send(encode(Msg.STOP))
+                self.sock.send(FROM_TRAINER.encode(Stop()))
         deadline = time.monotonic() + JOIN_SECONDS
         for i, (_, proc) in enumerate(self.processes):
             proc.join(max(0.0, deadline - time.monotonic()))
@@ -318,8 +326,8 @@ class Pool:
         )
         self.options = options
         self._schema = Schema.coerce(schema) if schema is not None else None
-        tree = _prepare(source, options.seed, options.workers)
-        self._order_depends_on_workers = any(leaf.replicas and not leaf.order_free for leaf in tree.leaves)
+        tree = _prepare(source, options.seed)
+        self._order_depends_on_workers = any(leaf.replicas and not leaf.order_free for leaf in tree.leaves.streams)
         if state is not None:
             check_state(state, options, self._order_depends_on_workers, seed is not None)
         self._resume = state
@@ -342,11 +350,10 @@ class Pool:
         self._mp = multiprocessing.get_context(opts.start_method)
         me = os.getpid()
         resume = self._resume or {}
-        mux = MuxConfig(tree.source, tree.leaves, tree.placement, tree.labels, opts.workers, opts.batch_size,
-                        opts.prefetch, opts.last_batch, worker_endpoint, trainer_endpoint, me, opts.seed, segment,
-                        resume.get("consumed", 0), resume.get("weights", []), opts.rank)
-        self._worker_config = WorkerConfig(0, opts.workers, worker_endpoint, tree.leaves, transform, opts.on_error, me,
-                                           rank=opts.rank, world_size=opts.world_size)
+        mux = MuxConfig(tree.source, tree.leaves, opts.workers, opts.batch_size, opts.prefetch, opts.last_batch,
+                        worker_endpoint, trainer_endpoint, me, opts.seed, segment, self._resume, opts.rank)
+        self._worker_config = WorkerConfig(0, opts.workers, worker_endpoint, tree.leaves.streams, transform,
+                                           opts.on_error, me, rank=opts.rank, world_size=opts.world_size)
         try:
             res.processes.append(("mux process", self._launch(mux_main, mux, "prefetch-mux")))
             for w in range(opts.workers):
@@ -363,7 +370,7 @@ class Pool:
         self._generations = [0] * opts.workers
         self._next_check = 0.0
         self._frees: deque[int] = deque()
-        self._inbox: deque[tuple[Msg, list[Any]]] = deque()
+        self._inbox: deque[Message] = deque()
         self._held = 0
         self._last_seq = resume.get("consumed", 0) - 1
         self._last_epoch = resume.get("epoch", -1)
@@ -393,25 +400,29 @@ class Pool:
         config = dataclasses.replace(self._worker_config, worker_id=worker, generation=generation)
         return self._launch(worker_main, config, f"prefetch-worker-{worker}")
 
-    def _create_segment(self, schema: Schema) -> list[Any]:
+    def _create_segment(self, schema: Schema) -> Segment:
         opts = self.options
         offsets, slot_bytes = schema.layout(opts.batch_size)
         name = _shm.new_name()
         self._res.shm = _shm.Segment(name, slot_bytes * opts.prefetch)
         self._schema = schema
         self._layout = (offsets, slot_bytes)
-        return [name, schema.to_wire(), offsets, slot_bytes, opts.prefetch, opts.batch_size]
+        return Segment(name, schema.to_wire(), offsets, slot_bytes, opts.prefetch, opts.batch_size)
 
     # --- messages ---------------------------------------------------------------------------------
 
-    def _flush_frees(self) -> None:
-        sock = self._res.sock
-        while self._frees:
-            self._held -= 1
-            sock.send(encode(Msg.FREE, self._frees.popleft()))
+    def _send(self, message: Message) -> None:
+        self._res.sock.send(FROM_TRAINER.encode(message))
 
-    def _receive(self) -> tuple[Msg, list[Any]]:
-        """The next READY or END (or STATS reply), raising for errors, dead processes and timeouts."""
+    def _flush_frees(self) -> None:
+        if self._frees:
+            slots = list(self._frees)
+            self._frees.clear()
+            self._held -= len(slots)
+            self._send(Free(slots))
+
+    def _receive(self) -> Message:
+        """The next Ready (of one batch), End, Stats or State, raising for errors, dead processes and timeouts."""
         if self._closed:
             raise PoolClosedError("the pool is closed")
         if self._inbox:
@@ -432,29 +443,47 @@ class Pool:
             if time.monotonic() >= self._next_check:
                 self._check_processes()
             if sock.poll(POLL_MS):
-                kind, fields = decode(sock.recv())
-                if kind is Msg.SCHEMA:
-                    sock.send(encode(Msg.SEGMENT, *self._create_segment(Schema.from_wire(fields[0]))))
+                message = TO_TRAINER.decode(sock.recv())
+                if isinstance(message, SchemaFound):
+                    self._send(self._create_segment(Schema.from_wire(message.schema)))
                     continue
-                if kind is Msg.ERROR:
-                    self._fail(*fields)
-                return kind, fields
+                if isinstance(message, Failure):
+                    self._fail(message)
+                if isinstance(message, Ready) and len(message.batches) > 1:
+                    self._inbox.extend(Ready([batch]) for batch in message.batches[1:])
+                    return Ready(message.batches[:1])
+                return message
             self._check_processes()
             if deadline is not None and time.monotonic() > deadline:
                 waiting = self._waiting_on()
                 self.close()
                 raise PoolTimeoutError(f"no batch arrived within timeout={self.options.timeout} s; {waiting}")
 
+    def _ask(self, question: Stats | State) -> Any:
+        """Send a question to the mux process and return its answer; batches arriving meanwhile stay queued."""
+        self._send(question)
+        passed: list[Message] = []
+        while True:
+            message = self._receive()
+            if isinstance(message, State) and isinstance(question, State) and message.seq == question.seq:
+                break
+            if isinstance(message, Stats) and isinstance(question, Stats) and message.counters is not None:
+                break
+            passed.append(message)
+        self._inbox.extendleft(reversed(passed))
+        return message
+
     def _waiting_on(self) -> str:
         """Which workers the unfinished batches wait on, asked of the mux process (briefly)."""
         sock = self._res.sock
-        sock.send(encode(Msg.STATS))
-        if sock.poll(STATS_MS):
-            kind, fields = decode(sock.recv())
-            if kind is Msg.STATS:
-                workers = fields[0]["waiting_on"]
+        self._send(Stats(None))
+        deadline = time.monotonic() + STATS_MS / 1000
+        while sock.poll(max(0, int(1000 * (deadline - time.monotonic())))):
+            message = TO_TRAINER.decode(sock.recv())
+            if isinstance(message, Stats):
+                workers = message.counters["waiting_on"]
                 return f"batches are waiting on worker(s) {workers}" if workers else "no batch is being filled"
-            self._inbox.append((kind, fields))
+            self._inbox.append(message)
         return "the mux process does not answer"
 
     def _check_processes(self) -> None:
@@ -477,17 +506,18 @@ class Pool:
             proc.close()
             self._res.processes[i] = (name, self._launch_worker(worker, self._generations[worker]))
 
-    def _fail(self, kind: str, message: str, stream: str | None, worker: int, tb: str, pickled: Any) -> None:
+    def _fail(self, failure: Failure) -> None:
         """Close the pool and raise: the worker's own PrefetchError for bad data, else WorkerError."""
         self.close()
         original = None
-        if pickled is not None:
+        if failure.pickled is not None:
             with contextlib.suppress(Exception):
-                original = pickle.loads(pickled)
-        if kind == "schema" and isinstance(original, PrefetchError):
-            add_note(original, f"found by worker {worker}")
+                original = pickle.loads(failure.pickled)
+        if failure.kind == "schema" and isinstance(original, PrefetchError):
+            where = "the mux process" if failure.worker < 0 else f"worker {failure.worker}"
+            add_note(original, f"found by {where}")
             raise original
-        raise WorkerError(message, stream, worker, tb, original) from original
+        raise WorkerError(failure.message, failure.stream, failure.worker, failure.traceback, original) from original
 
     # --- iteration --------------------------------------------------------------------------------
 
@@ -500,7 +530,7 @@ class Pool:
         if self._closed:
             raise PoolClosedError("the pool is closed")
         if self._epoch_batches == 0:
-            self._res.sock.send(encode(Msg.EPOCH))
+            self._send(NextEpoch())
         self._epoch_batches = None
         return _Epoch(self)
 
@@ -509,15 +539,16 @@ class Pool:
         start = time.perf_counter()
         if self._first_next is None:
             self._first_next = start
-        kind, fields = self._receive()
-        while kind is Msg.STATS or (kind is Msg.END and fields[0] <= self._ended_through):
-            kind, fields = self._receive()
+        message = self._receive()
+        stale = (Stats, State)
+        while isinstance(message, stale) or (isinstance(message, End) and message.epoch <= self._ended_through):
+            message = self._receive()
         self._wait += time.perf_counter() - start
-        if kind is Msg.END:
-            self._epoch_batches = fields[1]
-            self._ended_through = fields[0]
+        if isinstance(message, End):
+            self._epoch_batches = message.batches
+            self._ended_through = message.epoch
             return None
-        return self._batch(*fields)
+        return self._batch(*message.batches[0])
 
     def _batch(self, slot: int, seq: int, epoch: int, index: int, rows: int, objects: list[list[Any]]) -> Batch:
         offsets, slot_bytes = self._layout
@@ -557,17 +588,22 @@ class Pool:
             raise PoolClosedError("the pool is closed")
         ahead = self.options.prefetch + math.ceil(BLOCK / self.options.batch_size)
         at = self._last_seq + 1 + ahead
-        self._res.sock.send(encode(Msg.WEIGHTS, at, w.tolist()))
+        self._send(Weights(at, w.tolist()))
         self._weights_history.append([at, w.tolist()])
         return ahead
 
     def state_dict(self) -> dict[str, Any]:
         """Where the trainer stands: batches handed out count as consumed, prefetched ones do not.
 
-        Plain ints, floats and lists, for JSON or msgpack. `Pool(..., state=sd)` (or
-        `load_state_dict(sd)` before iterating) continues with exactly the batches an
-        uninterrupted run would have given next.
+        Plain ints, floats, strings and lists, for JSON or msgpack. `Pool(..., state=sd)`
+        (or `load_state_dict(sd)` before iterating) continues with exactly the batches an
+        uninterrupted run would have given next. It holds the mux policy's state at that
+        batch and the position of each live stream activation, so a resume reopens only
+        those (jumping with `seek` where a stream has it). A state taken from a closed
+        pool, or of nested muxes, lacks it: resuming from it replays the consumed batches.
         """
+        consumed = self._last_seq + 1
+        mux = None if self._closed else self._ask(State(consumed, None)).state
         return {
             "format": STATE_FORMAT,
             "seed": self.options.seed,
@@ -580,6 +616,7 @@ class Pool:
             "index": self._last_index + 1,
             "epoch_ended": self._ended_through >= self._last_epoch,
             "weights": [list(w) for w in self._weights_history],
+            "mux": mux,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -595,15 +632,7 @@ class Pool:
         """Counters: samples per stream, batches, worker busy and trainer wait fractions, slots by state."""
         if self._closed:
             raise PoolClosedError("the pool is closed")
-        self._res.sock.send(encode(Msg.STATS))
-        pending = []
-        while True:
-            kind, fields = self._receive()
-            if kind is Msg.STATS:
-                break
-            pending.append((kind, fields))
-        self._inbox.extend(pending)
-        mux = fields[0]
+        mux = self._ask(Stats(None)).counters
         elapsed = time.perf_counter() - self._started
         iterating = time.perf_counter() - self._first_next if self._first_next is not None else 0.0
         return {

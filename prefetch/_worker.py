@@ -2,8 +2,13 @@
 
 The mux process tells a worker which instances to open (OPEN), how many samples of
 each to make ready ahead of need (WANT), and which ready samples go to which rows of
-which slot (FILL). Production is chunked and interleaved with message handling, so a
-FILL never waits long behind read-ahead work. Around each chunk the worker swaps in
+which slots (FILL). Production is chunked and interleaved with message handling, so a
+FILL never waits long behind read-ahead work; the slots of every FILL at hand are
+reported in one FILLED.
+
+    started ──HELLO──> unsynced (ignores all) ──RESET of its generation──> serving ──STOP──> exit
+                                                                   (or the trainer is gone)
+ Around each chunk the worker swaps in
 the instance's own `random` and `numpy.random` state and its `worker_info()`, so an
 instance yields the same samples whatever the timing and whatever else the worker runs.
 """
@@ -12,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import pickle
 import random
 import signal
@@ -28,9 +32,29 @@ import zmq
 
 from . import _shm
 from ._errors import DataError, PrefetchError
+from ._messages import (
+    FROM_WORKER,
+    TO_WORKER,
+    Avail,
+    Close,
+    Describe,
+    Failure,
+    Fill,
+    Filled,
+    Hello,
+    Message,
+    Open,
+    Reset,
+    SchemaFound,
+    Segment,
+    Skip,
+    Skipped,
+    Stop,
+    Want,
+)
+from ._process import parent_alive, send_while_parent_lives
 from ._schema import RowWriter, Schema, infer
 from ._streamer import Streamer
-from ._wire import Msg, decode, encode, send_while_parent_lives
 from ._worker_info import WorkerInfo, set_worker_info
 
 CHUNK_SECONDS = 0.002
@@ -101,62 +125,66 @@ class _Worker:
         self.rng_owner: _Instance | None = None
         self.synced = False
         self.updated: dict[int, _Instance] = {}
+        self.filled: list[list[Any]] = []
         self.running = True
 
-    def send(self, kind: Msg, *fields: Any) -> None:
+    def send(self, message: Message) -> None:
         """Send to the mux process; if it cannot be reached and the trainer is gone, exit."""
-        if not send_while_parent_lives(self.sock, encode(kind, *fields), self.config.parent_pid):
+        if not send_while_parent_lives(self.sock, FROM_WORKER.encode(message), self.config.parent_pid):
             raise SystemExit(0)
 
     def run(self) -> None:
-        self.send(Msg.HELLO, self.config.worker_id, self.config.generation)
+        self.send(Hello(self.config.worker_id, self.config.generation))
         next_check = time.monotonic() + PARENT_CHECK_MS / 1000
         while self.running:
             if time.monotonic() >= next_check:
-                if os.getppid() != self.config.parent_pid:
+                if not parent_alive(self.config.parent_pid):
                     return
                 next_check = time.monotonic() + PARENT_CHECK_MS / 1000
             idle = not self.queue
             if self.sock.poll(PARENT_CHECK_MS if idle else 0):
                 while self.running and self.sock.poll(0):
-                    kind, fields = decode(self.sock.recv())
+                    message = TO_WORKER.decode(self.sock.recv())
                     try:
-                        self.handle(kind, fields)
+                        self.handle(message)
                     except DataError as exc:
                         self.fail("schema", exc, None, f"worker {self.config.worker_id}")
                     except Exception as exc:
-                        self.fail("internal", exc, None, f"worker {self.config.worker_id} handling {kind.name}")
+                        self.fail("internal", exc, None,
+                                  f"worker {self.config.worker_id} handling {type(message).__name__}")
+                self.report_filled()
             elif not idle:
                 self.produce_round()
 
-    def handle(self, kind: Msg, fields: list[Any]) -> None:
+    def handle(self, message: Any) -> None:
         if not self.synced:
-            self.synced = kind is Msg.RESET and fields[0] == self.config.generation
+            self.synced = isinstance(message, Reset) and message.generation == self.config.generation
             return
-        if kind is Msg.FILL:
-            self.fill(*fields)
-        elif kind is Msg.WANT:
-            iid, total = fields
-            inst = self.instances.get(iid)
+        if isinstance(message, Fill):
+            for slot, parts in message.fills:
+                self.fill(slot, parts)
+        elif isinstance(message, Want):
+            inst = self.instances.get(message.iid)
             if inst is not None:
-                inst.wanted = max(inst.wanted, total)
+                inst.wanted = max(inst.wanted, message.total)
                 self.schedule(inst)
-        elif kind is Msg.OPEN:
-            self.open(*fields)
-        elif kind is Msg.SKIP:
-            for iid, count in fields[0]:
+        elif isinstance(message, Open):
+            self.open(message)
+        elif isinstance(message, Skip):
+            for iid, count in message.counts:
                 self.skip(self.instances[iid], count)
             self.report()
-        elif kind is Msg.CLOSE:
-            closed = self.instances.pop(fields[0], None)
-            if closed is not None and closed is self.rng_owner:
-                self.rng_owner = None
-        elif kind is Msg.DESCRIBE:
-            inst = self.instances[fields[0]]
-            self.send(Msg.SCHEMA, infer(inst.ready[0], f"stream {inst.name}").to_wire())
-        elif kind is Msg.SEGMENT:
-            self.attach(*fields)
-        elif kind is Msg.STOP:
+        elif isinstance(message, Close):
+            for iid in message.iids:
+                closed = self.instances.pop(iid, None)
+                if closed is not None and closed is self.rng_owner:
+                    self.rng_owner = None
+        elif isinstance(message, Describe):
+            inst = self.instances[message.iid]
+            self.send(SchemaFound(infer(inst.ready[0], f"stream {inst.name}").to_wire()))
+        elif isinstance(message, Segment):
+            self.attach(message)
+        elif isinstance(message, Stop):
             self.running = False
 
     def schedule(self, inst: _Instance) -> None:
@@ -175,18 +203,17 @@ class _Worker:
         if not inst.ended and inst.produced < target and inst.iid not in self.queue:
             self.queue.append(inst.iid)
 
-    def open(self, iid: int, leaf: int, replica: int, num_replicas: int, budget: int | None, seed: int,
-             activation: int, window: int, pickled: Any, skip: int) -> None:
-        streamer = pickled if pickled is not None else self.config.leaves[leaf]
+    def open(self, m: Open) -> None:
+        streamer = m.pickled if m.pickled is not None else self.config.leaves[m.leaf]
         config = self.config
-        info = WorkerInfo(config.worker_id, config.num_workers, replica, num_replicas, seed, activation, config.rank,
-                          config.world_size)
-        inst = _Instance(iid, repr(streamer), streamer, info, streamer._iterate(budget), budget, window,
-                         np_state=np.random.RandomState(seed % 2**32).get_state(),
-                         py_state=random.Random(seed).getstate())
-        self.instances[iid] = inst
-        if skip:
-            self.skip(inst, skip)
+        info = WorkerInfo(config.worker_id, config.num_workers, m.replica, m.replicas, m.seed, m.activation,
+                          config.rank, config.world_size)
+        inst = _Instance(m.iid, repr(streamer), streamer, info, streamer._iterate(m.budget), m.budget, m.window,
+                         np_state=np.random.RandomState(m.seed % 2**32).get_state(),
+                         py_state=random.Random(m.seed).getstate())
+        self.instances[m.iid] = inst
+        if m.skip:
+            self.skip(inst, m.skip)
         else:
             self.schedule(inst)
 
@@ -245,11 +272,18 @@ class _Worker:
     def report(self) -> None:
         """Tell the mux what production made ready (one AVAIL for every instance produced since)."""
         if self.skipped:
-            self.send(Msg.SKIPPED, self.skipped)
+            self.send(Skipped(self.skipped))
             self.skipped = 0
         if self.updated:
-            self.send(Msg.AVAIL, [[i.iid, i.produced, i.ended] for i in self.updated.values()])
+            self.send(Avail([[i.iid, i.produced, i.ended] for i in self.updated.values()]))
             self.updated.clear()
+
+    def report_filled(self) -> None:
+        """After the messages at hand: what production made ready, then every slot written since the last report."""
+        if self.filled:
+            self.report()
+            self.send(Filled(self.filled, self.busy))
+            self.filled = []
 
     def use_rng_of(self, inst: _Instance) -> None:
         """Load the instance's `random` and `numpy.random` state, saving the previous owner's."""
@@ -339,19 +373,19 @@ class _Worker:
             pickled = pickle.dumps(exc)
         except Exception:
             pickled = None
-        self.send(Msg.ERROR, kind, f"{where}: {type(exc).__name__}: {exc}",
-                  inst.name if inst else None, self.config.worker_id, tb, pickled)
+        self.send(Failure(kind, f"{where}: {type(exc).__name__}: {exc}", inst.name if inst else None,
+                          self.config.worker_id, tb, pickled))
         self.queue.clear()
 
-    def attach(self, name: str, schema_wire: list[Any], offsets: list[int], slot_bytes: int,
-               slots: int, batch_size: int) -> None:
-        schema = Schema.from_wire(schema_wire)
+    def attach(self, segment: Segment) -> None:
+        schema = Schema.from_wire(segment.schema)
         self.writer = RowWriter(schema)
-        self.mapping = _shm.attach(name)
-        self.slot_arrays = [schema.views(self.mapping, s * slot_bytes, offsets, batch_size) for s in range(slots)]
+        self.mapping = _shm.attach(segment.name)
+        self.slot_arrays = [schema.views(self.mapping, s * segment.slot_bytes, segment.offsets, segment.batch_size)
+                            for s in range(segment.slots)]
 
     def fill(self, slot: int, parts: list[list[Any]]) -> None:
-        """Write the FILL's samples into their rows: all parts at once, in row order, one call per field."""
+        """Write a slot's samples into their rows: all parts at once, in row order, one call per field."""
         start = time.perf_counter()
         rows_by_part, samples, names = [], [], []
         inst = None
@@ -388,8 +422,7 @@ class _Worker:
             self.fail("schema", exc, inst, f"worker {self.config.worker_id}")
             return
         self.busy += time.perf_counter() - start
-        self.report()
-        self.send(Msg.FILLED, slot, objects, self.busy)
+        self.filled.append([slot, objects])
 
     def close(self) -> None:
         self.slot_arrays = []

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -157,12 +158,15 @@ def test_load_state_dict_before_iterating_and_not_after():
 
 
 def test_state_is_small_and_serialisable():
+    """The state carries the policy (RNG, budgets, activation counts) and live positions: under 1 KB for 3 streams."""
     with Pool(StochasticMux([finite(t) for t in range(3)], n_active=2, rate=5), batch_size=10, workers=2) as pool:
         take(pool, 4)
         state = pool.state_dict()
     text = json.dumps(state)
-    assert len(text) < 400
+    assert len(text) < 1000
+    assert msgpack.unpackb(msgpack.packb(state)) == json.loads(text)
     assert state["consumed"] == 4 and state["epoch"] == 0 and state["index"] == 4
+    assert len(state["mux"]["live"]) == 2
 
 
 def by_id(file_names, metadatas):

@@ -1,0 +1,42 @@
+"""What every child process of a pool shares: the poll interval, the parent check, seeds, and sends."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import zmq
+
+POLL_MS = 200
+"""Longest wait for a message before a child process checks that the trainer lives."""
+
+
+def parent_alive(parent_pid: int) -> bool:
+    """Whether the trainer that started this process is still its parent (it is gone once we are re-parented)."""
+    return os.getppid() == parent_pid
+
+
+def derive_seed(root: int, *key: int) -> int:
+    """A 63-bit seed for the thing named by `key`, derived from the pool's root seed.
+
+    Every seed in a pool (mux policies, stream activations, replicas) comes from here,
+    so that one root seed fixes them all and no two keys share a seed.
+    """
+    state = np.random.SeedSequence(root, spawn_key=tuple(int(k) for k in key)).generate_state(2, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def send_while_parent_lives(sock: Any, message: bytes, parent_pid: int) -> bool:
+    """Send on a socket with a send timeout, retrying while the parent process lives; False once it is gone.
+
+    A send with no peer blocks for ever in ZeroMQ; the timeout turns that into a
+    chance to notice that the trainer died and the peer will never come back.
+    """
+    while True:
+        try:
+            sock.send(message)
+            return True
+        except zmq.Again:
+            if not parent_alive(parent_pid):
+                return False
