@@ -14,9 +14,10 @@ Protocol, as a driver uses it:
   with at most `budget` samples (None: until it ends). `live()` maps each active
   slot to its child.
 
-State: `get_state()` is a plain dict (JSON- and msgpack-safe) of everything the
-policy knows, its RNG included; `set_state()` on a policy built with the same
-arguments continues exactly where that one stood. The format may change between
+State: `get_state()` is a dict of copies of everything the policy knows, its RNG
+included (cheap: the planner takes one per block); `jsonable()` turns it into plain
+data; `set_state()` takes either and, on a policy built with the same arguments,
+continues exactly where that one stood. The format may change between
 prefetch versions (a pool's state carries its format number).
 """
 
@@ -43,50 +44,66 @@ class Activation:
     budget: int | None
 
 
-def rng_state(rng: Rng) -> Any:
-    """The generator's state, JSON- and msgpack-safe (its 128-bit integers as hex text)."""
+def _rng_raw(rng: Rng) -> Any:
     if isinstance(rng, np.random.RandomState):
-        state = rng.get_state(legacy=False)
-        state["state"]["key"] = state["state"]["key"].tolist()
-        return json.dumps(state)
-    state = rng.bit_generator.state
-    if state["bit_generator"] in ("PCG64", "PCG64DXSM"):
-        inner = state["state"]
-        return [state["bit_generator"], f"{inner['state']:x}", f"{inner['inc']:x}", state["has_uint32"],
-                state["uinteger"]]
-    return json.dumps(state)
+        return rng.get_state(legacy=False)
+    return rng.bit_generator.state
 
 
-def set_rng_state(rng: Rng, saved: Any) -> None:
-    """Load a state from rng_state into a generator of the same kind."""
-    if isinstance(saved, list):
-        name, value, inc, has_uint32, uinteger = saved
-        rng.bit_generator.state = {"bit_generator": name, "state": {"state": int(value, 16), "inc": int(inc, 16)},
-                                   "has_uint32": has_uint32, "uinteger": uinteger}
-        return
-    state = json.loads(saved)
+def _set_rng(rng: Rng, state: Any) -> None:
+    if isinstance(state, list):
+        name, value, inc, has_uint32, uinteger = state
+        state = {"bit_generator": name, "state": {"state": int(value, 16), "inc": int(inc, 16)},
+                 "has_uint32": has_uint32, "uinteger": uinteger}
+    elif isinstance(state, str):
+        state = json.loads(state)
     if isinstance(rng, np.random.RandomState):
-        state["state"]["key"] = np.array(state["state"]["key"], dtype=np.uint32)
+        state["state"]["key"] = np.asarray(state["state"]["key"], dtype=np.uint32)
         rng.set_state(state)
     else:
         rng.bit_generator.state = state
 
 
+def _jsonable_rng(state: dict[str, Any]) -> Any:
+    """A generator's state, JSON- and msgpack-safe (its 128-bit integers as hex text)."""
+    if state["bit_generator"] in ("PCG64", "PCG64DXSM"):
+        inner = state["state"]
+        return [state["bit_generator"], f"{inner['state']:x}", f"{inner['inc']:x}", state["has_uint32"],
+                state["uinteger"]]
+    return json.dumps(state, default=lambda a: a.tolist())
+
+
+def jsonable(state: Any) -> Any:
+    """A policy state (from get_state, which copies cheaply) as plain JSON- and msgpack-safe data.
+
+    Boolean arrays become strings of 0s and 1s, other arrays lists, generator states
+    compact text. set_state takes either form.
+    """
+    if isinstance(state, dict):
+        if "bit_generator" in state:
+            return _jsonable_rng(state)
+        return {k: jsonable(v) for k, v in state.items()}
+    if isinstance(state, np.ndarray):
+        return "".join("01"[b] for b in state.tolist()) if state.dtype == np.bool_ else state.tolist()
+    if isinstance(state, (list, tuple)):
+        return [jsonable(v) for v in state]
+    return state
+
+
 def _arrays_state(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """The named arrays as lists (boolean ones as a string of 0s and 1s) and the generator's state."""
-    state: dict[str, Any] = {}
-    for name in names:
-        array = getattr(obj, name)
-        state[name] = "".join("01"[b] for b in array.tolist()) if array.dtype == np.bool_ else array.tolist()
-    state["rng"] = rng_state(obj.rng)
+    """Copies of the named arrays and the generator's state."""
+    state: dict[str, Any] = {name: getattr(obj, name).copy() for name in names}
+    state["rng"] = _rng_raw(obj.rng)
     return state
 
 
 def _set_arrays_state(obj: Any, names: tuple[str, ...], state: dict[str, Any]) -> None:
     for name in names:
         dtype, value = getattr(obj, name).dtype, state[name]
-        setattr(obj, name, np.array([c == "1" for c in value] if dtype == np.bool_ else value, dtype=dtype))
-    set_rng_state(obj.rng, state["rng"])
+        if isinstance(value, str):
+            value = [c == "1" for c in value]
+        setattr(obj, name, np.array(value, dtype=dtype))
+    _set_rng(obj.rng, state["rng"])
 
 
 def _pick(rng: Rng, mass: np.ndarray) -> int:
@@ -104,13 +121,12 @@ def _draw_slots(rng: Rng, mass: np.ndarray, n: int) -> np.ndarray:
 
 def _cut_at_budget(choices: np.ndarray, budget: np.ndarray) -> np.ndarray:
     """The prefix of `choices` that ends at the first row exhausting some slot's budget."""
-    cut = len(choices)
-    for slot in np.flatnonzero(np.isfinite(budget)):
-        rows = np.flatnonzero(choices == slot)
-        left = int(budget[slot])
-        if len(rows) >= left:
-            cut = min(cut, int(rows[left - 1]) + 1)
-    return choices[:cut]
+    order = np.argsort(choices, kind="stable")
+    ranked = choices[order]
+    occurrence = np.empty(len(choices), dtype=np.int64)
+    occurrence[order] = np.arange(1, len(choices) + 1) - np.searchsorted(ranked, ranked, side="left")
+    spent = np.flatnonzero(occurrence >= budget[choices])
+    return choices[:spent[0] + 1] if len(spent) else choices
 
 
 class StochasticPolicy:
@@ -151,7 +167,7 @@ class StochasticPolicy:
 
     def get_state(self) -> dict[str, Any]:
         state = _arrays_state(self, self.STATE)
-        state["budget"] = [None if np.isinf(b) else b for b in state["budget"]]
+        state["budget"] = [None if np.isinf(b) else b for b in self.budget.tolist()]
         state["empty_since_sample"] = sorted(self.empty_since_sample)
         return state
 

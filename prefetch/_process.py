@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
-import numpy as np
 import zmq
 
 POLL_MS = 200
@@ -21,21 +21,26 @@ def derive_seed(root: int, *key: int) -> int:
     """A 63-bit seed for the thing named by `key`, derived from the pool's root seed.
 
     Every seed in a pool (mux policies, stream activations, replicas) comes from here,
-    so that one root seed fixes them all and no two keys share a seed.
+    so that one root seed fixes them all and no two keys share a seed. A keyed hash
+    (about 1 µs) rather than numpy's SeedSequence (about 50 µs): it runs once per
+    stream activation in the mux process.
     """
-    state = np.random.SeedSequence(root, spawn_key=tuple(int(k) for k in key)).generate_state(2, np.uint64)
-    return int(state[0] >> np.uint64(1))
+    text = ",".join(str(int(k)) for k in (root, *key)).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8, person=b"prefetch").digest(), "little") >> 1
 
 
-def send_while_parent_lives(sock: Any, message: bytes, parent_pid: int) -> bool:
-    """Send on a socket with a send timeout, retrying while the parent process lives; False once it is gone.
+def send_while_parent_lives(sock: Any, message: bytes | list[bytes], parent_pid: int) -> bool:
+    """Send (a list: as one multipart message) with a send timeout, retrying while the parent lives; False once gone.
 
     A send with no peer blocks for ever in ZeroMQ; the timeout turns that into a
     chance to notice that the trainer died and the peer will never come back.
     """
     while True:
         try:
-            sock.send(message)
+            if isinstance(message, list):
+                sock.send_multipart(message)
+            else:
+                sock.send(message)
             return True
         except zmq.Again:
             if not parent_alive(parent_pid):

@@ -1,16 +1,22 @@
 """The worker process: runs stream instances and writes their samples into shared-memory rows.
 
-The mux process tells a worker which instances to open (OPEN), how many samples of
-each to make ready ahead of need (WANT), and which ready samples go to which rows of
-which slots (FILL). Production is chunked and interleaved with message handling, so a
-FILL never waits long behind read-ahead work; the slots of every FILL at hand are
-reported in one FILLED.
+Two threads, one job each:
+
+- the writer (the process's main thread) owns the socket. It takes the mux
+  process's messages, writes the ready samples of each FILL into their rows, and
+  reports what was made ready (AVAIL) and written (FILLED) in one multipart message;
+- the producer runs user code: it opens instances, pulls samples ahead of need,
+  skips and seeks. Around each pull it swaps in the instance's own `random` and
+  `numpy.random` state and its `worker_info()`, so an instance yields the same
+  samples whatever the timing and whatever else the worker runs.
+
+So a stream that takes long to start, or stalls, never delays rows whose samples
+are already made. The mux assigns rows only from samples a worker reported ready,
+so a FILL waits on the producer only after a restart. The writer keeps the mux's
+order: FILLs, CLOSEs and SKIPs are done first come, first served.
 
     started ──HELLO──> unsynced (ignores all) ──RESET of its generation──> serving ──STOP──> exit
                                                                    (or the trainer is gone)
- Around each chunk the worker swaps in
-the instance's own `random` and `numpy.random` state and its `worker_info()`, so an
-instance yields the same samples whatever the timing and whatever else the worker runs.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import pickle
+import queue
 import random
 import signal
+import socket
+import threading
 import time
 import traceback
 from collections import deque
@@ -58,7 +67,7 @@ from ._streamer import Streamer
 from ._worker_info import WorkerInfo, set_worker_info
 
 CHUNK_SECONDS = 0.002
-"""Longest stretch of sample production between two looks at incoming messages."""
+"""Longest stretch of sample production between two looks at incoming commands."""
 
 RECONNECT_MS = 2
 """Retry interval of a connect that raced the mux process's bind (zmq's default is 100 ms)."""
@@ -91,7 +100,10 @@ class WorkerConfig:
 
 @dataclass
 class _Instance:
-    """One running activation of a stream: its generator, ready samples and RNG states."""
+    """One running activation of a stream: its generator, ready samples and RNG states.
+
+    The producer appends to `ready` and counts `produced`; the writer pops from `ready`.
+    """
 
     iid: int
     name: str
@@ -100,95 +112,96 @@ class _Instance:
     iterator: Iterator[Any]
     budget: int | None
     window: int
+    seed: int
     ready: deque = field(default_factory=deque)
     step: int = 1
     produced: int = 0
     wanted: int = 0
+    asked: int = 0
+    """Samples the writer asked the producer for (FILLs waiting, after a restart)."""
     ended: bool = False
     np_state: Any = None
-    """This instance's `numpy.random` state while another instance's is loaded."""
+    """This instance's `numpy.random` state while another instance's is loaded (None: not started yet)."""
     py_state: Any = None
     """This instance's `random` state while another instance's is loaded."""
 
+    @property
+    def finished(self) -> bool:
+        """It will produce no more samples."""
+        return self.ended or (self.budget is not None and self.produced >= self.budget)
 
-class _Worker:
-    def __init__(self, config: WorkerConfig, sock: zmq.Socket) -> None:
-        self.config = config
-        self.sock = sock
-        self.instances: dict[int, _Instance] = {}
+
+class _Producer:
+    """The producer thread: every call into user code (streams, transform, seek) happens here.
+
+    Commands come from the writer through `commands`, in the order the mux sent them.
+    News for the writer (instances with more samples, failures) is posted under a lock
+    and announced by a byte on `wake`.
+    """
+
+    def __init__(self, config: WorkerConfig, instances: dict[int, _Instance], wake: socket.socket) -> None:
+        self.config, self.instances, self.wake = config, instances, wake
+        self.commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.queue: deque[int] = deque()
-        self.writer: RowWriter | None = None
-        self.slot_arrays: list[list[np.ndarray | None]] = []
-        self.mapping: Any = None
-        self.busy = 0.0
-        self.skipped = 0
-        self.rng_owner: _Instance | None = None
-        self.synced = False
+        self.lock = threading.Lock()
         self.updated: dict[int, _Instance] = {}
-        self.filled: list[list[Any]] = []
-        self.running = True
-
-    def send(self, message: Message) -> None:
-        """Send to the mux process; if it cannot be reached and the trainer is gone, exit."""
-        if not send_while_parent_lives(self.sock, FROM_WORKER.encode(message), self.config.parent_pid):
-            raise SystemExit(0)
+        self.failures: list[Failure] = []
+        self.skipped = 0
+        self.busy = 0.0
+        self.rng_owner: _Instance | None = None
+        self.thread = threading.Thread(target=self.run, name="prefetch-producer", daemon=True)
 
     def run(self) -> None:
-        self.send(Hello(self.config.worker_id, self.config.generation))
-        next_check = time.monotonic() + PARENT_CHECK_MS / 1000
-        while self.running:
-            if time.monotonic() >= next_check:
-                if not parent_alive(self.config.parent_pid):
-                    return
-                next_check = time.monotonic() + PARENT_CHECK_MS / 1000
-            idle = not self.queue
-            if self.sock.poll(PARENT_CHECK_MS if idle else 0):
-                while self.running and self.sock.poll(0):
-                    message = TO_WORKER.decode(self.sock.recv())
-                    try:
-                        self.handle(message)
-                    except DataError as exc:
-                        self.fail("schema", exc, None, f"worker {self.config.worker_id}")
-                    except Exception as exc:
-                        self.fail("internal", exc, None,
-                                  f"worker {self.config.worker_id} handling {type(message).__name__}")
-                self.report_filled()
-            elif not idle:
-                self.produce_round()
+        while True:
+            try:
+                command = self.commands.get_nowait() if self.queue else self.commands.get(timeout=1.0)
+            except queue.Empty:
+                if self.queue:
+                    self.produce_round()
+                continue
+            if command[0] == "stop":
+                return
+            self.handle(*command)
 
-    def handle(self, message: Any) -> None:
-        if not self.synced:
-            self.synced = isinstance(message, Reset) and message.generation == self.config.generation
-            return
-        if isinstance(message, Fill):
-            for slot, parts in message.fills:
-                self.fill(slot, parts)
-        elif isinstance(message, Want):
-            inst = self.instances.get(message.iid)
+    def handle(self, kind: str, *args: Any) -> None:
+        if kind == "open":
+            self.open(args[0])
+        elif kind == "want":
+            inst = self.instances.get(args[0])
             if inst is not None:
-                inst.wanted = max(inst.wanted, message.total)
+                inst.wanted = max(inst.wanted, args[1])
                 self.schedule(inst)
-        elif isinstance(message, Open):
-            self.open(message)
-        elif isinstance(message, Skip):
-            for iid, count in message.counts:
+        elif kind == "skip":
+            counts, done = args
+            for iid, count in counts:
                 self.skip(self.instances[iid], count)
-            self.report()
-        elif isinstance(message, Close):
-            for iid in message.iids:
+            done.set()
+        elif kind == "close":
+            for iid in args[0]:
                 closed = self.instances.pop(iid, None)
                 if closed is not None and closed is self.rng_owner:
                     self.rng_owner = None
-        elif isinstance(message, Describe):
-            inst = self.instances[message.iid]
-            self.send(SchemaFound(infer(inst.ready[0], f"stream {inst.name}").to_wire()))
-        elif isinstance(message, Segment):
-            self.attach(message)
-        elif isinstance(message, Stop):
-            self.running = False
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake the writer (a full pipe already will)."""
+        with contextlib.suppress(BlockingIOError):
+            self.wake.send(b"x")
+
+    def news(self) -> tuple[list[list[Any]], int, list[Failure]]:
+        """For the writer: [[iid, produced, ended], ...] of instances with news, samples skipped, failures."""
+        with self.lock:
+            updated, self.updated = self.updated, {}
+            skipped, self.skipped = self.skipped, 0
+            failures, self.failures = self.failures, []
+        return [[i.iid, i.produced, i.ended] for i in updated.values()], skipped, failures
+
+    def mark(self, inst: _Instance) -> None:
+        with self.lock:
+            self.updated[inst.iid] = inst
 
     def schedule(self, inst: _Instance) -> None:
-        """Queue the instance for production once half its window of ready samples is used (or the mux waits).
+        """Queue the instance for production once half its window of ready samples is used (or more is asked).
 
         Refilling in large steps keeps switches between instances, and so RNG state swaps, rare.
         """
@@ -209,13 +222,11 @@ class _Worker:
         info = WorkerInfo(config.worker_id, config.num_workers, m.replica, m.replicas, m.seed, m.activation,
                           config.rank, config.world_size)
         inst = _Instance(m.iid, repr(streamer), streamer, info, streamer._iterate(m.budget), m.budget, m.window,
-                         np_state=np.random.RandomState(m.seed % 2**32).get_state(),
-                         py_state=random.Random(m.seed).getstate())
-        self.instances[m.iid] = inst
+                         m.seed)
         if m.skip:
             self.skip(inst, m.skip)
-        else:
-            self.schedule(inst)
+        self.instances[m.iid] = inst
+        self.schedule(inst)
 
     def skip(self, inst: _Instance, count: int) -> None:
         """Drop the instance's next `count` samples: ready ones first, then jump there or replay and drop.
@@ -235,8 +246,7 @@ class _Worker:
                     return
                 inst.ready.clear()
         inst.wanted = inst.produced
-        self.updated[inst.iid] = inst
-        self.schedule(inst)
+        self.mark(inst)
 
     def jump(self, inst: _Instance, position: int) -> bool:
         """Restart the instance at `position` through the stream's `seek`, if it offers one."""
@@ -245,7 +255,7 @@ class _Worker:
         try:
             jumped = inst.streamer.seek(position)
         except Exception as exc:
-            self.fail("user", exc, inst, f"seek to sample {position} of stream {inst.name}")
+            self.fail(exc, inst, f"seek to sample {position} of stream {inst.name}")
             return True
         finally:
             set_worker_info(None)
@@ -257,7 +267,7 @@ class _Worker:
         return True
 
     def produce_round(self) -> None:
-        """Produce for the queued instances (within one chunk of time) and report them in one AVAIL."""
+        """Produce for the queued instances, within one chunk of time."""
         start = time.perf_counter()
         for iid in list(self.queue):
             inst = self.instances.get(iid)
@@ -267,49 +277,39 @@ class _Worker:
                 self.queue.remove(iid)
             if time.perf_counter() - start > CHUNK_SECONDS:
                 break
-        self.report()
-
-    def report(self) -> None:
-        """Tell the mux what production made ready (one AVAIL for every instance produced since)."""
-        if self.skipped:
-            self.send(Skipped(self.skipped))
-            self.skipped = 0
-        if self.updated:
-            self.send(Avail([[i.iid, i.produced, i.ended] for i in self.updated.values()]))
-            self.updated.clear()
-
-    def report_filled(self) -> None:
-        """After the messages at hand: what production made ready, then every slot written since the last report."""
-        if self.filled:
-            self.report()
-            self.send(Filled(self.filled, self.busy))
-            self.filled = []
+        self.notify()
 
     def use_rng_of(self, inst: _Instance) -> None:
-        """Load the instance's `random` and `numpy.random` state, saving the previous owner's."""
+        """Load the instance's `random` and `numpy.random` state, saving the previous owner's.
+
+        An instance starts from its seed; the owner's state is saved only if it will
+        produce again (numpy's get and set cost about 40 µs each).
+        """
         if self.rng_owner is inst:
             return
         owner = self.rng_owner
-        if owner is not None:
+        if owner is not None and not owner.finished:
             owner.np_state, owner.py_state = np.random.get_state(), random.getstate()
-        np.random.set_state(inst.np_state)
-        random.setstate(inst.py_state)
+        if inst.np_state is None:
+            np.random.seed(inst.seed % 2**32)
+            random.seed(inst.seed)
+        else:
+            np.random.set_state(inst.np_state)
+            random.setstate(inst.py_state)
         self.rng_owner = inst
 
     def produce(self, inst: _Instance, start: float) -> bool:
         """Make ready some of the instance's wanted samples with its own RNG state; False if user code failed."""
         self.use_rng_of(inst)
         set_worker_info(inst.info)
-        before = len(inst.ready)
         begin = time.perf_counter()
         try:
             self.pull(inst, start)
         except Exception as exc:
-            self.fail("user", exc, inst, f"sample {inst.produced + len(inst.ready) - before} of stream {inst.name}")
+            self.fail(exc, inst, f"sample {inst.produced} of stream {inst.name}")
             return False
         finally:
-            inst.produced += len(inst.ready) - before
-            self.updated[inst.iid] = inst
+            self.mark(inst)
             set_worker_info(None)
             self.busy += time.perf_counter() - begin
         return True
@@ -317,25 +317,30 @@ class _Worker:
     def pull(self, inst: _Instance, start: float) -> None:
         """Pull samples into `inst.ready` until wanted or out of time, a step at a time.
 
-        With on_error="raise" a step is one `deque.extend` at C speed, and a short step
+        With on_error="raise" a step is one list built at C speed, and a short step
         means the stream ended. Steps grow while samples are cheap and shrink when they
         are slow, so a worker reports ready samples of a slow stream promptly. With
         "skip" samples are pulled one by one so that a failing transform drops only its
         sample (a failing generator cannot resume, so its stream ends there).
         """
-        ready, transform = inst.ready, self.config.transform
+        transform = self.config.transform
         left = inst.wanted - inst.produced
         while left > 0:
             step = min(left, inst.step)
             began = time.perf_counter()
-            if self.config.on_error == "skip":
-                pulled = self.pull_skipping(inst, step)
-            else:
-                before = len(ready)
-                source = itertools.islice(inst.iterator, step)
-                ready.extend(source if transform is None else map(transform, source))
-                pulled = len(ready) - before
-            if pulled < step:
+            made: list[Any] = []
+            try:
+                if self.config.on_error == "skip":
+                    ended = self.pull_skipping(inst, step, made)
+                else:
+                    source = itertools.islice(inst.iterator, step)
+                    made.extend(source if transform is None else map(transform, source))
+                    ended = len(made) < step
+            finally:
+                # what came before a failing sample stays ready, and `produced` then names the failing one
+                inst.ready.extend(made)
+                inst.produced += len(made)
+            if ended:
                 inst.ended = True
                 return
             left -= step
@@ -347,35 +352,165 @@ class _Worker:
             if now - start > CHUNK_SECONDS:
                 return
 
-    def pull_skipping(self, inst: _Instance, step: int) -> int:
-        """Pull up to `step` samples, dropping (and counting) those whose code raises; how many were pulled."""
+    def pull_skipping(self, inst: _Instance, step: int, made: list[Any]) -> bool:
+        """Append up to `step` samples to `made`, dropping (and counting) those whose code raises; True at the end."""
         transform = self.config.transform
-        for pulled in range(step):
+        for _ in range(step):
             try:
                 sample = next(inst.iterator)
             except StopIteration:
-                return pulled
+                return True
             except Exception:
-                self.skipped += 1
-                return pulled
+                self.count_skipped()
+                return True
             if transform is not None:
                 try:
                     sample = transform(sample)
                 except Exception:
-                    self.skipped += 1
+                    self.count_skipped()
                     continue
-            inst.ready.append(sample)
-        return step
+            made.append(sample)
+        return False
 
-    def fail(self, kind: str, exc: BaseException, inst: _Instance | None, where: str) -> None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        try:
-            pickled = pickle.dumps(exc)
-        except Exception:
-            pickled = None
-        self.send(Failure(kind, f"{where}: {type(exc).__name__}: {exc}", inst.name if inst else None,
-                          self.config.worker_id, tb, pickled))
+    def count_skipped(self) -> None:
+        with self.lock:
+            self.skipped += 1
+
+    def fail(self, exc: BaseException, inst: _Instance | None, where: str) -> None:
+        with self.lock:
+            self.failures.append(failure("user", exc, inst, where, self.config.worker_id))
         self.queue.clear()
+        self.notify()
+
+
+def failure(kind: str, exc: BaseException, inst: _Instance | None, where: str, worker: int) -> Failure:
+    """The message that reports an exception to the trainer, with its traceback and the exception if it pickles."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickled = pickle.dumps(exc)
+    except Exception:
+        pickled = None
+    return Failure(kind, f"{where}: {type(exc).__name__}: {exc}", inst.name if inst else None, worker, tb, pickled)
+
+
+class _Writer:
+    """The writer: the worker's main thread, which owns the socket and the shared memory."""
+
+    def __init__(self, config: WorkerConfig, sock: zmq.Socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.instances: dict[int, _Instance] = {}
+        self.wake_r, wake_w = socket.socketpair()
+        wake_w.setblocking(False)
+        self.producer = _Producer(config, self.instances, wake_w)
+        self.pending: deque[tuple[Any, ...]] = deque()
+        """FILLs, CLOSEs, SKIPs and DESCRIBEs, done in order: a FILL waits for its samples, a SKIP for the producer."""
+        self.writer: RowWriter | None = None
+        self.slot_arrays: list[list[np.ndarray | None]] = []
+        self.mapping: Any = None
+        self.busy = 0.0
+        self.synced = False
+        self.filled: list[list[Any]] = []
+        self.messages: list[Message] = []
+        self.running = True
+
+    def send(self, messages: list[Message]) -> None:
+        """Send to the mux process, in one multipart message; if it cannot be reached and the trainer is gone, exit."""
+        frames = [FROM_WORKER.encode(m) for m in messages]
+        if not send_while_parent_lives(self.sock, frames, self.config.parent_pid):
+            raise SystemExit(0)
+
+    def run(self) -> None:
+        self.producer.thread.start()
+        self.send([Hello(self.config.worker_id, self.config.generation)])
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        while self.running:
+            events = dict(poller.poll(PARENT_CHECK_MS))
+            if not events and not parent_alive(self.config.parent_pid):
+                return
+            if self.sock in events:
+                while self.running and self.sock.poll(0):
+                    for frame in self.sock.recv_multipart():
+                        self.guarded(self.handle, TO_WORKER.decode(frame))
+            if self.wake_r.fileno() in events or self.wake_r in events:
+                with contextlib.suppress(BlockingIOError):
+                    self.wake_r.recv(4096, socket.MSG_DONTWAIT)
+            self.guarded(self.advance)
+            self.report()
+
+    def guarded(self, action: Callable[..., None], *args: Any) -> None:
+        """Run a step of the writer; bad data, or a bug of ours, is reported to the trainer instead of exiting."""
+        try:
+            action(*args)
+        except DataError as exc:
+            self.fail("schema", exc)
+        except Exception as exc:
+            self.fail("internal", exc)
+
+    def fail(self, kind: str, exc: BaseException, inst: _Instance | None = None) -> None:
+        self.messages.append(failure(kind, exc, inst, f"worker {self.config.worker_id}", self.config.worker_id))
+        self.pending.clear()
+
+    def handle(self, message: Any) -> None:
+        if not self.synced:
+            self.synced = isinstance(message, Reset) and message.generation == self.config.generation
+            return
+        commands = self.producer.commands
+        if isinstance(message, Fill):
+            self.pending.extend(("fill", slot, parts) for slot, parts in message.fills)
+        elif isinstance(message, Want):
+            commands.put(("want", message.iid, message.total))
+        elif isinstance(message, Open):
+            commands.put(("open", message))
+        elif isinstance(message, (Skip, Close, Describe)):
+            self.pending.append((type(message).__name__.lower(), message))
+        elif isinstance(message, Segment):
+            self.attach(message)
+        elif isinstance(message, Stop):
+            self.running = False
+
+    def advance(self) -> None:
+        """Do the pending FILLs, CLOSEs, SKIPs and DESCRIBEs in order, as far as their samples allow."""
+        commands = self.producer.commands
+        while self.pending:
+            item = self.pending[0]
+            kind = item[0]
+            if kind == "fill":
+                if not self.fill(item[1], item[2]):
+                    return
+            elif kind == "close":
+                commands.put(("close", item[1].iids))
+            elif kind == "skip":
+                if len(item) == 2:
+                    done = threading.Event()
+                    commands.put(("skip", item[1].counts, done))
+                    self.pending[0] = (*item, done)
+                if not self.pending[0][2].is_set():
+                    return
+            elif kind == "describe":
+                inst = self.instances.get(item[1].iid)
+                if inst is None or not inst.ready:
+                    return
+                self.messages.append(SchemaFound(infer(inst.ready[0], f"stream {inst.name}").to_wire()))
+            self.pending.popleft()
+
+    def report(self) -> None:
+        """One message for the mux: failures, skipped samples, what was made ready, and the slots written."""
+        produced, skipped, failures = self.producer.news()
+        messages = [*failures]
+        if skipped:
+            messages.append(Skipped(skipped))
+        if produced:
+            messages.append(Avail(produced))
+        messages += self.messages
+        self.messages = []
+        if self.filled:
+            messages.append(Filled(self.filled, self.busy + self.producer.busy))
+            self.filled = []
+        if messages:
+            self.send(messages)
 
     def attach(self, segment: Segment) -> None:
         schema = Schema.from_wire(segment.schema)
@@ -384,27 +519,37 @@ class _Worker:
         self.slot_arrays = [schema.views(self.mapping, s * segment.slot_bytes, segment.offsets, segment.batch_size)
                             for s in range(segment.slots)]
 
-    def fill(self, slot: int, parts: list[list[Any]]) -> None:
-        """Write a slot's samples into their rows: all parts at once, in row order, one call per field."""
+    def fill(self, slot: int, parts: list[list[Any]]) -> bool:
+        """Write a slot's samples into their rows (all parts at once, in row order); False while some are not made.
+
+        Samples missing (after a restart) are asked of the producer, and the FILL waits.
+        """
         start = time.perf_counter()
-        rows_by_part, samples, names = [], [], []
         inst = None
         try:
+            runs = []
             for iid, rows in parts:
-                inst = self.instances[iid]
+                inst = self.instances.get(iid)
                 rows = np.frombuffer(rows, np.uint32)
+                if inst is None or len(inst.ready) < len(rows):
+                    if inst is not None and inst.ended:
+                        raise PrefetchError(f"stream {inst.name} ended after {inst.produced} samples, before the "
+                                            "rows it was assigned; it does not yield the same samples when restarted")
+                    if inst is not None:
+                        need = inst.produced - len(inst.ready) + len(rows)
+                        if need > inst.asked:
+                            inst.asked = need
+                            self.producer.commands.put(("want", iid, need))
+                    return False
+                runs.append((inst, rows))
+            rows_by_part, samples, names = [], [], []
+            for inst, rows in runs:
                 ready = inst.ready
-                while len(ready) < len(rows) and not inst.ended:
-                    inst.wanted = max(inst.wanted, inst.produced + len(rows) - len(ready))
-                    if not self.produce(inst, time.perf_counter()):
-                        return
-                if len(ready) < len(rows):
-                    raise PrefetchError(f"stream {inst.name} ended after {inst.produced} samples, before the rows "
-                                        "it was assigned; it does not yield the same samples when restarted")
                 rows_by_part.append(rows)
                 samples += [ready.popleft() for _ in range(len(rows))]
                 names.append(f"stream {inst.name}")
-                self.schedule(inst)
+                if len(ready) <= inst.window // 2 and not inst.finished:
+                    self.producer.commands.put(("want", inst.iid, 0))
             part = None
             rows = rows_by_part[0]
             if len(names) > 1:
@@ -419,12 +564,14 @@ class _Worker:
 
             objects = self.writer.write_many(samples, rows, self.slot_arrays[slot], where)
         except (DataError, PrefetchError) as exc:
-            self.fail("schema", exc, inst, f"worker {self.config.worker_id}")
-            return
+            self.fail("schema", exc, inst)
+            return False
         self.busy += time.perf_counter() - start
         self.filled.append([slot, objects])
+        return True
 
     def close(self) -> None:
+        self.producer.commands.put(("stop",))
         self.slot_arrays = []
         self.writer = None
         if self.mapping is not None:
@@ -444,7 +591,7 @@ def worker_main(config: WorkerConfig) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
     sock.setsockopt(zmq.SNDTIMEO, PARENT_CHECK_MS)
     sock.connect(config.endpoint)
-    worker = _Worker(config, sock)
+    worker = _Writer(config, sock)
     try:
         worker.run()
     finally:

@@ -1,4 +1,10 @@
-"""The four benchmark workloads of DESIGN.md §5, as sample generators every runner shares."""
+"""The benchmark workloads, as sample generators and sources every runner shares.
+
+DESIGN.md §5's four (small, image, cpu, mux), and two that mix many streams with a
+finite rate, where the mux process's planning is the work: `mux-rate` (30 streams,
+16 active, about 64 samples an activation) and `activation` (pescador's "Option 2":
+3 streams whose generator spends about 30 ms starting, one active at a time).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from .._streamer import Streamer
 from .._worker_info import worker_info
 
 MUX_WEIGHTS = (0.5, 0.3, 0.2)
+START_ROWS = 220_000
+"""Values the activation workload's streams compute at start: about 30 ms of numpy work here."""
 CPU_ROUNDS = 30
 """Blur rounds of the cpu workload's transform: about 1 ms of numpy work per sample here."""
 
@@ -30,6 +38,28 @@ def small_samples(label: int = 0, seed: int | None = None) -> Iterator[dict[str,
     while True:
         for i in rng.integers(0, 1024, size=4096).tolist():
             yield {"X": table[i], "Y": y}
+
+
+def slow_start_samples(label: int = 0, seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """small samples from a table computed when the stream starts (about 30 ms): a stream that loads its data."""
+    rng = np.random.default_rng(_seed(label) if seed is None else seed)
+    values = np.cumsum(rng.standard_normal(START_ROWS * 8), dtype=np.float64).reshape(-1, 8)
+    table = np.repeat(values[::128, :1], 128, axis=1).astype(np.float32)[:2048]
+    y = np.int64(label)
+    while True:
+        for i in rng.integers(0, len(table), size=4096).tolist():
+            yield {"X": table[i], "Y": y}
+
+
+def rate_mux(seed: int | None = None) -> StochasticMux:
+    """mux-rate: 30 small streams, 16 active at a time, each activation about 64 samples."""
+    return StochasticMux([Streamer(small_samples, k) for k in range(30)], n_active=16, rate=64, random_state=seed)
+
+
+def activation_mux(seed: int | None = None) -> StochasticMux:
+    """activation: 3 streams that take about 30 ms to start, one active at a time for about 1000 samples."""
+    return StochasticMux([Streamer(slow_start_samples, k) for k in range(3)], n_active=1, rate=1000,
+                         random_state=seed)
 
 
 def _cycled_images(shape: tuple[int, ...], count: int, seed: int | None) -> Iterator[dict[str, Any]]:
@@ -72,6 +102,7 @@ class Workload:
         make: a generator function (seed -> samples) for one stream; mux workloads mix several.
         transform: applied to each sample by every runner (None for none).
         streams: how many streams the workload mixes (1 but for mux).
+        mixer: for a workload of many non-replicated streams, its mux (seed -> mux); `make` is then unused.
     """
 
     name: str
@@ -80,9 +111,12 @@ class Workload:
     make: Callable[..., Iterator[dict[str, Any]]]
     transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     streams: int = 1
+    mixer: Callable[[int | None], StochasticMux] | None = None
 
     def source(self) -> Streamer:
-        """The prefetch source: every stream replicated, so each worker runs a share."""
+        """The prefetch source: the mixer's mux, else every stream replicated, so each worker runs a share."""
+        if self.mixer is not None:
+            return self.mixer(None)
         if self.streams == 1:
             return Streamer(self.make).replicated()
         parts = [Streamer(self.make, k).replicated() for k in range(self.streams)]
@@ -90,7 +124,9 @@ class Workload:
 
     def samples(self, seed: int) -> Iterator[dict[str, Any]]:
         """One process's samples (the mux's streams mixed in process) with the transform applied."""
-        if self.streams == 1:
+        if self.mixer is not None:
+            it = self.mixer(seed).iterate()
+        elif self.streams == 1:
             it = self.make(seed=seed)
         else:
             parts = [Streamer(self.make, k, seed + k) for k in range(self.streams)]
@@ -106,4 +142,6 @@ WORKLOADS = {
     "image": Workload("image", 64, 224 * 224 * 3 + 8, image_samples),
     "cpu": Workload("cpu", 64, 64 * 64 * 3 + 8, cpu_samples, cpu_transform),
     "mux": Workload("mux", 256, 128 * 4 + 8, small_samples, streams=3),
+    "mux-rate": Workload("mux-rate", 256, 128 * 4 + 8, small_samples, mixer=rate_mux),
+    "activation": Workload("activation", 64, 128 * 4 + 8, slow_start_samples, mixer=activation_mux),
 }

@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._messages import Close, Message, Open, Want
+from .._messages import Message, Open, Want
 from .._process import derive_seed
 from .._walk import BLOCK
 
@@ -216,14 +216,14 @@ class InstanceTable:
                 inst.known = max(inst.known, ready)
                 inst.ended = inst.ended or ended
 
-    def flush_closes(self) -> None:
-        """Tell workers about instances nothing refers to any more, one message per worker."""
-        for worker, iids in self.closing.items():
-            if iids:
-                for iid in iids:
-                    self.instances.pop(iid, None)
-                self.send(worker, Close(list(iids)))
-                iids.clear()
+    def take_closed(self) -> dict[int, list[int]]:
+        """Per worker, the instances nothing refers to any more: to be closed."""
+        closed = {worker: iids for worker, iids in self.closing.items() if iids}
+        self.closing.clear()
+        for iids in closed.values():
+            for iid in iids:
+                self.instances.pop(iid, None)
+        return closed
 
     def hosted_by(self, worker: int) -> list[RemoteInstance]:
         """The open instances in a worker, oldest first."""

@@ -46,6 +46,9 @@ from .instances import Handle, InstanceTable, RemoteInstance
 LOOKAHEAD_STEPS = 64
 """Most blocks the look-ahead walks per real block, so that it never holds the mux process up for long."""
 
+LOOKAHEAD_MAX = 256
+"""Most activations opened ahead of need."""
+
 
 @dataclass
 class Plan:
@@ -74,7 +77,9 @@ class Leaves:
 class Lookahead:
     """Opens the activations a StochasticMux with a finite rate will make next, before the planner reaches them.
 
-    A copy of the walk runs ahead of the real one, as if every stream delivered its
+    It keeps a slots' worth of rows and two activations per worker ahead, so that
+    every worker has a start-up to overlap. A copy of the walk runs ahead of the real
+    one, as if every stream delivered its
     whole budget: which stream, with which budget and seed, comes from the seeded
     policy alone. Its activations are opened at once, in the workers they will run in.
     The planner claims them in order; the first that differs (a finite stream ended
@@ -83,8 +88,8 @@ class Lookahead:
     real walk.
     """
 
-    def __init__(self, planner: Planner, rows_ahead: int) -> None:
-        self.planner, self.rows_ahead = planner, rows_ahead
+    def __init__(self, planner: Planner, rows_ahead: int, activations_ahead: int) -> None:
+        self.planner, self.rows_ahead, self.activations_ahead = planner, rows_ahead, activations_ahead
         self.queue: deque[tuple[tuple[int, Any, int, int], Handle]] = deque()
         self.pending: Counter[int] = Counter()
         self.pending_placed = 0
@@ -122,7 +127,8 @@ class Lookahead:
         else:
             self.lead -= delivered
         for _ in range(LOOKAHEAD_STEPS):
-            if self.lead >= self.rows_ahead:
+            enough = self.lead >= self.rows_ahead and len(self.queue) >= self.activations_ahead
+            if enough or len(self.queue) >= LOOKAHEAD_MAX:
                 return
             choices = self.shadow.draw()
             if choices is None:
@@ -152,7 +158,7 @@ class Planner:
         self.leaf_index = {id(leaf): i for i, leaf in enumerate(leaves.streams)}
         self.nested = isinstance(source, BaseMux) and isinstance(source.streamers, list) and any(
             isinstance(c, BaseMux) for c in source.streamers)
-        self.lookahead = Lookahead(self, rows_ahead)
+        self.lookahead = Lookahead(self, rows_ahead, 2 * instances.num_workers)
         self.control = DriveControl(self.cap)
         self.pending_weights: dict[int, list[float]] = {int(at): w for at, w in weights_history}
         self.dynamic = 0

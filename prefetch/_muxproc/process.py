@@ -50,6 +50,7 @@ from .._messages import (
     Stop,
     Weights,
 )
+from .._policy import jsonable
 from .._process import POLL_MS, parent_alive, send_while_parent_lives
 from .._streamer import Streamer
 from .instances import InstanceTable
@@ -132,9 +133,9 @@ class MuxProcess:
 
     def flush(self) -> None:
         """Send what the tables queued: FILLs and CLOSEs once the segment exists, READY and END always."""
-        if self.segment is not None:
-            self.links.flush_fills()
-            self.instances.flush_closes()
+        for worker, iids in self.instances.take_closed().items():
+            self.links.close_instances(worker, iids)
+        self.links.flush(self.segment is not None)
         for message in self.slots.outbox:
             self.to_trainer(message)
         self.slots.outbox.clear()
@@ -177,7 +178,7 @@ class MuxProcess:
         elif isinstance(message, Stats):
             self.to_trainer(Stats(self.stats()))
         elif isinstance(message, State):
-            self.to_trainer(State(message.seq, self.snapshots.get(message.seq)))
+            self.to_trainer(State(message.seq, jsonable(self.snapshots.get(message.seq))))
         elif isinstance(message, Stop):
             self.stopping = True
 
@@ -318,8 +319,9 @@ def mux_main(config: MuxConfig) -> None:
     finally:
         proc.stopping = True
         for worker in proc.links.up:
-            with contextlib.suppress(zmq.ZMQError):
-                proc.links.send(worker, Stop())
+            proc.links.send(worker, Stop())
+        with contextlib.suppress(zmq.ZMQError):
+            proc.links.flush(False)
         if not parent_alive(config.parent_pid) and proc.segment is not None:
             _shm.unlink(proc.segment.name)
         proc.links.close()
