@@ -13,13 +13,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefetch", description="Keep a training loop fed.")
     commands = parser.add_subparsers(dest="command", metavar="command")
     bench = commands.add_parser("bench", help="throughput of the engine beside its peers, on synthetic workloads")
-    bench.add_argument("--workloads", default="small,image,cpu,mux",
-                       help="comma-separated subset of small, image, cpu, mux (default: all)")
-    bench.add_argument("--workers", type=int, default=2, help="worker processes for prefetch and DataLoader")
+    bench.add_argument("--workloads", default="small,image,cpu,mux,mux-rate,activation",
+                       help="comma-separated subset of small, image, cpu, mux, mux-rate, activation (default: all)")
+    bench.add_argument("--workers", default="2",
+                       help="worker processes for prefetch and DataLoader; a list (1,2,4,8) sweeps them")
     bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
     bench.add_argument("--quick", action="store_true", help="at most 1 s per measurement, no DataLoader sweep")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--plot", metavar="FILE.png", help="draw samples/s against workers (needs matplotlib)")
     volume_cli.add_parser(commands)
     doctor = commands.add_parser("doctor", help="list (and with --clean remove) shared memory left by dead pools")
     doctor.add_argument("--clean", action="store_true", help="unlink the segments listed")
@@ -54,8 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in WORKLOADS]
         if unknown:
             parser.error(f"unknown workloads {unknown}; choose from {sorted(WORKLOADS)}")
+        try:
+            workers = [int(n) for n in args.workers.split(",") if n.strip()]
+        except ValueError:
+            parser.error(f"--workers takes numbers separated by commas, got {args.workers!r}")
+        if not workers or min(workers) < 1:
+            parser.error(f"--workers needs counts >= 1, got {args.workers!r}")
         seconds = min(args.seconds, 1.0) if args.quick else args.seconds
-        return run(names, args.workers, seconds, not args.quick, args.json, not args.no_progress)
+        return run(names, workers, seconds, not args.quick, args.json, not args.no_progress, args.plot)
     if args.command == "doctor":
         return _doctor(args.clean)
     if args.command == "volume":

@@ -41,17 +41,21 @@ class Progress:
             sys.stderr.flush()
 
 
-def plan(names: list[str], workers: int, seconds: float, sweep: bool) -> list[tuple[str, Callable[[], Any]]]:
-    """(label, thunk) for every measurement, peers included only when installed."""
+def plan(names: list[str], workers: list[int], seconds: float, sweep: bool) -> list[tuple[str, Callable[[], Any]]]:
+    """(label, thunk) for every measurement, peers included only when installed; pools once per worker count."""
     steps: list[tuple[str, Callable[[], Any]]] = []
     for name in names:
         w = WORKLOADS[name]
         need = PROPORTION_SAMPLES if w.streams > 1 else 0
-        steps.append((f"{name} · prefetch", lambda w=w, need=need: runners.run_prefetch(w, workers, seconds, need)))
+        for n in workers:
+            steps.append((f"{name} · prefetch x{n}",
+                          lambda w=w, n=n, need=need: runners.run_prefetch(w, n, seconds, need)))
         steps.append((f"{name} · in-process", lambda w=w: runners.run_in_process(w, seconds)))
         if _have("torch"):
             factors = TORCH_PREFETCH_FACTORS if sweep else (4,)
-            steps.append((f"{name} · torch DataLoader", lambda w=w, f=factors: _best_torch(w, workers, seconds, f)))
+            for n in workers:
+                steps.append((f"{name} · torch DataLoader x{n}",
+                              lambda w=w, n=n, f=factors: _best_torch(w, n, seconds, f)))
         if _have("pescador"):
             steps.append((f"{name} · pescador ZMQStreamer", lambda w=w: runners.run_pescador(w, seconds)))
         steps.append((f"{name} · numpy.copyto", lambda w=w: runners.run_copyto(w, min(seconds, 1.0))))
@@ -68,62 +72,107 @@ def _best_torch(workload: Any, workers: int, seconds: float, factors: tuple[int,
     return result
 
 
-def _find(results: list[runners.Result], workload: str, runner: str) -> runners.Result | None:
-    return next((r for r in results if r.workload == workload and r.runner == runner), None)
+def _find(results: list[runners.Result], workload: str, runner: str,
+          workers: int | None = None) -> runners.Result | None:
+    return next((r for r in results if r.workload == workload and r.runner == runner
+                 and (workers is None or r.settings.get("workers") == workers)), None)
 
 
-def targets(results: list[runners.Result]) -> list[dict[str, Any]]:
-    """The issue's targets as ratios measured in this run; None where a peer was not installed."""
+RATE_GOALS = {2: (1.5, 1.6), 8: (5.0, 5.0)}
+"""Goals of mux-rate and activation against in-process iteration, by worker count (8: any count from 8 up)."""
+
+
+def targets(results: list[runners.Result], workers: list[int]) -> list[dict[str, Any]]:
+    """The targets as ratios measured in this run, at each worker count swept; None where a peer was not installed."""
     out: list[dict[str, Any]] = []
 
-    def ratio(name: str, workload: str, peer: str, goal: float, field: str = "samples_per_s") -> None:
-        ours, theirs = _find(results, workload, "prefetch"), _find(results, workload, peer)
-        if ours is None:
-            return
-        value = getattr(ours, field) / getattr(theirs, field) if theirs else None
-        out.append({"target": name, "goal": f">= {goal}", "value": value,
-                    "ok": None if value is None else value >= goal})
+    def add(name: str, goal: float | None, value: float | None) -> None:
+        ok = None if value is None or goal is None else value >= goal
+        out.append({"target": name, "goal": "-" if goal is None else f">= {goal}", "value": value, "ok": ok})
 
-    ratio("small: prefetch / pescador ZMQStreamer", "small", "pescador ZMQStreamer", 1.5)
-    ratio("small: prefetch / torch DataLoader", "small", "torch DataLoader", 8)
-    ratio("image: prefetch / torch DataLoader", "image", "torch DataLoader", 4)
-    ratio("image: prefetch MB/s / numpy.copyto MB/s", "image", "numpy.copyto", 0.4, "mb_per_s")
-    ratio("cpu: prefetch / in-process", "cpu", "in-process", 1.7)
-    ratio("cpu: prefetch / torch DataLoader", "cpu", "torch DataLoader", 1.4)
-    mux, small = _find(results, "mux", "prefetch"), _find(results, "small", "prefetch")
-    if mux is not None and small is not None:
-        value = mux.samples_per_s / small.samples_per_s
-        out.append({"target": "mux: prefetch mux / prefetch small", "goal": ">= 0.9", "value": value,
-                    "ok": value >= 0.9})
-    if mux is not None:
-        error = max(abs(p - w) for p, w in zip(mux.extra["proportions"], MUX_WEIGHTS, strict=True))
-        out.append({"target": f"mux: max |share - weight| over {mux.extra['proportion_samples']:,} samples",
-                    "goal": "<= 0.01", "value": error, "ok": error <= 0.01})
+    for n in workers:
+        def ratio(name: str, workload: str, peer: str, goal: float | None, field: str = "samples_per_s",
+                  peer_workers: int | None = None, n: int = n) -> None:
+            ours, theirs = _find(results, workload, "prefetch", n), _find(results, workload, peer, peer_workers)
+            if ours is not None:
+                add(f"{name} (x{n})", goal, getattr(ours, field) / getattr(theirs, field) if theirs else None)
+
+        two = n == 2
+        ratio("small: prefetch / pescador ZMQStreamer", "small", "pescador ZMQStreamer", 1.5 if two else None)
+        ratio("small: prefetch / torch DataLoader", "small", "torch DataLoader", 8 if two else None, peer_workers=n)
+        ratio("image: prefetch / torch DataLoader", "image", "torch DataLoader", 4 if two else None, peer_workers=n)
+        ratio("image: prefetch MB/s / numpy.copyto MB/s", "image", "numpy.copyto", 0.4 if two else None, "mb_per_s")
+        ratio("cpu: prefetch / in-process", "cpu", "in-process", 1.7 if two else None)
+        ratio("cpu: prefetch / torch DataLoader", "cpu", "torch DataLoader", 1.4 if two else None, peer_workers=n)
+        goals = RATE_GOALS.get(2 if two else 8 if n >= 8 else -1, (None, None))
+        ratio("mux-rate: prefetch / in-process", "mux-rate", "in-process", goals[0])
+        ratio("activation: prefetch / in-process", "activation", "in-process", goals[1])
+        ratio("mux-rate: prefetch / pescador ZMQStreamer", "mux-rate", "pescador ZMQStreamer", None)
+        ratio("activation: prefetch / pescador ZMQStreamer", "activation", "pescador ZMQStreamer", None)
+        mux, small = _find(results, "mux", "prefetch", n), _find(results, "small", "prefetch", n)
+        if mux is not None and small is not None:
+            add(f"mux: prefetch mux / prefetch small (x{n})", 0.9 if two else None,
+                mux.samples_per_s / small.samples_per_s)
+        if mux is not None:
+            error = max(abs(p - w) for p, w in zip(mux.extra["proportions"], MUX_WEIGHTS, strict=True))
+            add(f"mux: max |share - weight| over {mux.extra['proportion_samples']:,} samples (x{n})", None, error)
+            out[-1].update(goal="<= 0.01", ok=error <= 0.01)
     for r in results:
         if r.runner == "prefetch":
-            out.append({"target": f"{r.workload}: first batch (s)", "goal": "<= 0.2", "value": r.first_batch_s,
-                        "ok": r.first_batch_s <= 0.2})
+            add(f"{r.workload}: first batch, s (x{r.settings['workers']})", None, r.first_batch_s)
+            out[-1].update(goal="<= 0.2", ok=r.first_batch_s <= 0.2)
     return out
 
 
+def plot(results: list[runners.Result], path: str) -> None:
+    """Samples/s against workers, one panel per workload, a line per runner (flat for single-process ones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r.workload for r in results))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    counts = sorted({r.settings["workers"] for r in results if "workers" in r.settings and r.runner != "pescador "
+                     "ZMQStreamer"})
+    for ax, name in zip(axes[0], names, strict=True):
+        mine = [r for r in results if r.workload == name and r.runner != "numpy.copyto"]
+        for runner in dict.fromkeys(r.runner for r in mine):
+            runs = sorted((r for r in mine if r.runner == runner), key=lambda r: r.settings.get("workers", 0))
+            if len(runs) > 1 or (runs and runner in ("prefetch", "torch DataLoader")):
+                ax.plot([r.settings["workers"] for r in runs], [r.samples_per_s for r in runs], marker="o",
+                        label=runner)
+            elif runs:
+                ax.axhline(runs[0].samples_per_s, linestyle="--", label=runner, color="grey" if runner ==
+                           "in-process" else None)
+        ax.set_title(name)
+        ax.set_xlabel("workers")
+        ax.set_xticks(counts)
+        ax.set_ylabel("samples/s")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def table(results: list[runners.Result], goals: list[dict[str, Any]]) -> str:
-    lines = [f"{'workload':<8} {'runner':<22} {'samples/s':>12} {'MB/s':>10} {'first batch':>12}  settings"]
+    lines = [f"{'workload':<10} {'runner':<22} {'samples/s':>12} {'MB/s':>10} {'first batch':>12}  settings"]
     for r in results:
         first = "" if r.first_batch_s is None else f"{r.first_batch_s:.3f} s"
         settings = ", ".join(f"{k}={v}" for k, v in r.settings.items() if k != "prefetch_factor_tried")
-        lines.append(f"{r.workload:<8} {r.runner:<22} {r.samples_per_s:>12,.0f} {r.mb_per_s:>10,.1f} {first:>12}  "
+        lines.append(f"{r.workload:<10} {r.runner:<22} {r.samples_per_s:>12,.0f} {r.mb_per_s:>10,.1f} {first:>12}  "
                      f"{settings}")
-    lines += ["", f"{'target':<58} {'goal':>8} {'measured':>10}  ok"]
+    lines += ["", f"{'target':<66} {'goal':>8} {'measured':>10}  ok"]
     for g in goals:
         value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
         mark = {True: "yes", False: "NO", None: "-"}[g["ok"]]
-        lines.append(f"{g['target']:<58} {g['goal']:>8} {value:>10}  {mark}")
+        lines.append(f"{g['target']:<66} {g['goal']:>8} {value:>10}  {mark}")
     return "\n".join(lines)
 
 
-def run(names: list[str], workers: int, seconds: float, sweep: bool, json_path: str | None,
-        progress: bool) -> int:
-    """Run the benchmark, print its table, and write JSON if asked; 0 on completion."""
+def run(names: list[str], workers: list[int], seconds: float, sweep: bool, json_path: str | None,
+        progress: bool, plot_path: str | None = None) -> int:
+    """Run the benchmark, print its table, write JSON and a plot if asked; 0 on completion."""
     steps = plan(names, workers, seconds, sweep)
     bar = Progress(len(steps), progress)
     results = []
@@ -131,13 +180,15 @@ def run(names: list[str], workers: int, seconds: float, sweep: bool, json_path: 
         bar.step(label)
         results.append(thunk())
     bar.finish()
-    goals = targets(results)
-    print(f"prefetch bench: {workers} workers, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{seconds:g} s per measurement")
+    goals = targets(results, workers)
+    print(f"prefetch bench: {','.join(map(str, workers))} workers, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {seconds:g} s per measurement")
     print(table(results, goals))
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"workers": workers, "cores": os.cpu_count(), "seconds": seconds,
                        "python": platform.python_version(),
                        "results": [dataclasses.asdict(r) for r in results], "targets": goals}, f, indent=2)
+    if plot_path:
+        plot(results, plot_path)
     return 0

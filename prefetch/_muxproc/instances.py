@@ -163,9 +163,15 @@ class InstanceTable:
         self.waiting: set[int] = set()
         self.wait: Callable[[Callable[[], bool]], None] = _no_wait
 
-    def window(self, opening: int = 0) -> int:
-        """Samples a worker keeps ready per open instance: the slots' worth of rows, shared out."""
-        return max(BLOCK, self.slot_rows // max(1, len(self.instances) + opening))
+    def window(self, budget: int | None) -> int:
+        """Samples a worker keeps ready for a new instance: the slots' worth of rows shared out, or its whole budget.
+
+        An activation with a budget of up to four slots' worth of rows is made ready in
+        one go, right after its start: the worker's producer then never has to come
+        back to it while another stream's start-up holds it.
+        """
+        share = max(BLOCK, self.slot_rows // max(1, len(self.instances) + 1))
+        return share if budget is None else max(share, min(budget, 4 * self.slot_rows))
 
     def open(self, key: int, leaf: int, pickled: Any, label: str, budget: int | None, workers: list[int] | None,
              activation: int, placement: int, skip: int | list[int] = 0,
@@ -183,7 +189,7 @@ class InstanceTable:
             own_skip = skip[replica] if isinstance(skip, list) else skip
             msg = Open(iid, leaf, replica, len(targets), None if replicated else budget,
                        derive_seed(self.seed, key, activation, replica, self.rank), activation,
-                       self.window(1), pickled, own_skip)
+                       self.window(budget), pickled, own_skip)
             inst = RemoteInstance(self, msg, key, worker, placement, label)
             self.instances[iid] = inst
             self.send(worker, msg)
