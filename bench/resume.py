@@ -1,10 +1,14 @@
-"""Checkpoint and resume: what a state dict weighs, and how long a resume at the midpoint of a 10^6-sample epoch takes.
+"""Checkpoint and resume: what a state dict weighs, and how long a resume takes against a fresh start.
 
     python3 bench/resume.py [--samples 1000000]
 
-Two sources of `small` samples (float32[128] + int64): a StochasticMux of three plain
-streams (resumed by replaying the first half and dropping it) and a stream that
-implements `seek` (resumed by jumping). Writes bench/results/resume.json.
+Sources of `small` samples (float32[128] + int64), each checkpointed deep into its run:
+a StochasticMux of three plain finite streams read to their end (rate=None: a resume
+replays each live activation up to its position), a stream that implements `seek`
+(resume jumps), a StochasticMux of three endless streams with rate=64 after 3,000
+batches (resume restores the policy and replays only the live activations), and a
+ChainMux of three seekable 10^6-sample streams after 5,000 batches (resume jumps).
+Writes bench/results/resume.json.
 """
 
 from __future__ import annotations
@@ -21,34 +25,38 @@ from _report import RESULTS, save
 import prefetch
 
 
-def rows(stream: int, n: int, start: int = 0):
+def rows(stream: int, n: int | None, start: int = 0):
     base = np.arange(128, dtype=np.float32)
-    for i in range(start, n):
+    for i in range(start, n) if n is not None else itertools.count(start):
         yield {"X": base + np.float32(i % 997), "Y": np.int64(stream * 10**7 + i)}
 
 
 class Seekable(prefetch.Streamer):
     """A stream that can start at any sample: resume jumps instead of replaying."""
 
-    def __init__(self, n: int) -> None:
-        super().__init__(rows, 0, n)
-        self.n = n
+    def __init__(self, n: int, stream: int = 0) -> None:
+        super().__init__(rows, stream, n)
+        self.n, self.stream = n, stream
 
     def seek(self, position: int):
-        return rows(0, self.n, position)
+        return rows(self.stream, self.n, position)
 
 
-def sources(samples: int):
+def sources(samples: int, batch_size: int):
     third = samples // 3
+    half = samples // batch_size // 2
     return {
-        "mux of 3 plain streams (replay)": lambda: prefetch.StochasticMux(
-            [prefetch.Streamer(rows, s, third) for s in range(3)], n_active=3, rate=None, mode="exhaustive"),
-        "one seekable stream (jump)": lambda: Seekable(samples),
+        "mux of 3 plain finite streams, rate=None (replay of live activations)": (lambda: prefetch.StochasticMux(
+            [prefetch.Streamer(rows, s, third) for s in range(3)], n_active=3, rate=None, mode="exhaustive"), half),
+        "one seekable stream (jump)": (lambda: Seekable(samples), half),
+        "mux of 3 endless streams, n_active=2, rate=64, after 3,000 batches": (lambda: prefetch.StochasticMux(
+            [prefetch.Streamer(rows, s, None) for s in range(3)], n_active=2, rate=64), 3000),
+        "ChainMux of 3 seekable 10^6-sample streams, after 5,000 batches": (lambda: prefetch.ChainMux(
+            [Seekable(10**6, s) for s in range(3)]), 5000),
     }
 
 
-def measure(make, samples: int, batch_size: int) -> dict:
-    half = samples // batch_size // 2
+def measure(make, half: int, batch_size: int) -> dict:
     with prefetch.Pool(make(), batch_size=batch_size, workers=2, seed=1) as pool:
         it = iter(pool)
         for batch in itertools.islice(it, half):
@@ -77,7 +85,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--json", default=str(RESULTS / "resume.json"))
     args = parser.parse_args()
-    report = {name: measure(make, args.samples, args.batch_size) for name, make in sources(args.samples).items()}
+    report = {name: measure(make, depth, args.batch_size)
+              for name, (make, depth) in sources(args.samples, args.batch_size).items()}
     save(report, args.json)
     return 0
 
