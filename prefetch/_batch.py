@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -59,13 +61,42 @@ class Batch(Mapping):
         return f"Batch(epoch={self.epoch}, index={self.index}, size={self.size}, {{{', '.join(parts)}}})"
 
 
-def slot_views(buffer: Any, offset: int, nbytes: int, on_free: Callable[[], Any]
-               ) -> tuple[np.ndarray, weakref.finalize]:
-    """A fresh array over one slot's bytes, and a finalizer that runs once no view of it is left.
+class SlotReleases:
+    """Which slots have no view left, found without running Python code when a view dies.
 
-    Every view derived from the returned array keeps it alive (numpy stops collapsing
-    view bases at an array whose base is not an array), so its finalizer is an exact
-    "no view of this delivery remains" signal.
+    Each delivery's holder array gets a weak reference whose callback is a builtin
+    (`deque.append`): the interpreter runs no bytecode in it, so a Ctrl-C can never
+    land inside it and be swallowed as "Exception ignored", as it can inside a
+    `weakref.finalize` callback written in Python. The pool maps dead references back
+    to slots when it next talks to the mux process.
     """
-    holder = np.frombuffer(buffer, np.uint8, count=nbytes, offset=offset)
-    return holder, weakref.finalize(holder, on_free)
+
+    def __init__(self) -> None:
+        self.dead: deque[weakref.ref] = deque()
+        self.slot_of: dict[int, tuple[weakref.ref, int]] = {}
+        """id of each live reference (a reference to an array does not hash) -> (the reference, its slot)."""
+        self.released: list[int] = []
+
+    def views(self, buffer: Any, offset: int, nbytes: int, slot: int) -> tuple[np.ndarray, Callable[[], None]]:
+        """A fresh array over one slot's bytes, and the batch's explicit release.
+
+        Every view derived from the returned array keeps it alive (numpy stops collapsing
+        view bases at an array whose base is not an array), so its death is an exact
+        "no view of this delivery remains" signal.
+        """
+        holder = np.frombuffer(buffer, np.uint8, count=nbytes, offset=offset)
+        ref = weakref.ref(holder, self.dead.append)
+        self.slot_of[id(ref)] = (ref, slot)
+        return holder, functools.partial(self._release, ref)
+
+    def _release(self, ref: weakref.ref) -> None:
+        entry = self.slot_of.pop(id(ref), None)
+        if entry is not None:
+            self.released.append(entry[1])
+
+    def take(self) -> list[int]:
+        """The slots released since the last call, each once."""
+        while self.dead:
+            self._release(self.dead.popleft())
+        released, self.released = self.released, []
+        return released

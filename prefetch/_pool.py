@@ -26,7 +26,7 @@ import numpy as np
 import zmq
 
 from . import _shm
-from ._batch import Batch, slot_views
+from ._batch import Batch, SlotReleases
 from ._errors import (
     ArgumentError,
     PoolClosedError,
@@ -369,7 +369,7 @@ class Pool:
         self._restarts = 0
         self._generations = [0] * opts.workers
         self._next_check = 0.0
-        self._frees: deque[int] = deque()
+        self._releases = SlotReleases()
         self._inbox: deque[Message] = deque()
         self._held = 0
         self._last_seq = resume.get("consumed", 0) - 1
@@ -415,9 +415,8 @@ class Pool:
         self._res.sock.send(FROM_TRAINER.encode(message))
 
     def _flush_frees(self) -> None:
-        if self._frees:
-            slots = list(self._frees)
-            self._frees.clear()
+        slots = self._releases.take()
+        if slots:
             self._held -= len(slots)
             self._send(Free(slots))
 
@@ -552,8 +551,7 @@ class Pool:
 
     def _batch(self, slot: int, seq: int, epoch: int, index: int, rows: int, objects: list[list[Any]]) -> Batch:
         offsets, slot_bytes = self._layout
-        holder, finalizer = slot_views(self._res.shm.mapping, slot * slot_bytes, slot_bytes,
-                                       lambda: self._frees.append(slot))
+        holder, release = self._releases.views(self._res.shm.mapping, slot * slot_bytes, slot_bytes, slot)
         self._held += 1
         self._last_seq, self._last_epoch, self._last_index = seq, epoch, index
         self._delivered += 1
@@ -570,7 +568,7 @@ class Pool:
             else:
                 fields[f.key] = [row[object_index] for row in objects] + [None] * (length - rows)
                 object_index += 1
-        return Batch(fields, rows, index, epoch, finalizer)
+        return Batch(fields, rows, index, epoch, release)
 
     # --- control ----------------------------------------------------------------------------------
 

@@ -1,0 +1,98 @@
+"""The planner, without sockets or processes: it never blocks, its look-ahead never changes a batch, and it resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prefetch import StochasticMux, Streamer
+from prefetch._messages import Open, Want
+from prefetch._muxproc.instances import InstanceTable
+from prefetch._muxproc.planner import Leaves, Planner
+from prefetch._policy import jsonable
+
+
+def endless():
+    yield from iter(int, 1)
+
+
+def make(lengths, rate=8, n_active=2, lookahead=True, workers=2):
+    """A planner over a StochasticMux of streams of these lengths (None: endless), and its outbox."""
+    streams = [Streamer(endless) if n is None else Streamer(range(n)) for n in lengths]
+    mux = StochasticMux(streams, n_active=n_active, rate=rate, random_state=5)
+    sent = []
+    table = InstanceTable(lambda worker, message: sent.append((worker, message)), workers, 11, 0, 64)
+    planner = Planner(mux, Leaves(streams, [False] * len(streams), [str(i) for i in range(len(streams))]), table,
+                      16, "partial", 64 if lookahead else 0, [])
+    if not lookahead:
+        planner.lookahead.activations_ahead = 0
+    return planner, sent, lengths
+
+
+def serve(planner, lengths):
+    """Every open instance reports all its samples ready, as a worker would once it made them."""
+    reports = []
+    for iid, inst in planner.instances.instances.items():
+        n = lengths[inst.key]
+        total = min(x for x in (inst.budget, n, inst.assigned + 10**6) if x is not None)
+        reports.append([iid, total, (n is not None and total == n) or total == inst.budget])
+    planner.instances.on_avail(reports)
+
+
+def plans(planner, lengths, count):
+    out = []
+    while len(out) < count and planner.running():
+        plan = planner.next_batch()
+        if plan is None:
+            serve(planner, lengths)
+            continue
+        out.append([(inst.key, inst.activation, rows.tolist()) for inst, rows in plan.parts])
+    return out
+
+
+def test_planning_never_blocks_it_asks_for_samples_and_says_it_waits():
+    planner, sent, lengths = make([None, None, None])
+    assert planner.running()
+    assert planner.next_batch() is None
+    assert any(isinstance(message, Open) for _, message in sent)
+    assert any(isinstance(message, Want) for _, message in sent)
+    serve(planner, lengths)
+    plan = planner.next_batch()
+    assert plan is not None and plan.rows == 16
+
+
+@pytest.mark.parametrize("lengths", [[None, None, None], [5, 40, 3, None], [7, 2, 30]])
+def test_the_lookahead_never_changes_a_batch(lengths):
+    ahead, _, _ = make(lengths)
+    plain, _, _ = make(lengths, lookahead=False)
+    assert plans(ahead, lengths, 40) == plans(plain, lengths, 40)
+    assert ahead.lookahead.hits > 0 and plain.lookahead.hits == 0
+
+
+def test_endless_streams_are_foreseen_every_time_and_early_ends_waste_only_opened_instances():
+    endless_planner, _, lengths = make([None, None, None])
+    plans(endless_planner, lengths, 60)
+    assert endless_planner.lookahead.misses == 0
+    finite_planner, _, lengths = make([3, 4, 2, 5])
+    plans(finite_planner, lengths, 60)
+    assert finite_planner.lookahead.misses > 0
+
+
+def test_activations_of_one_stream_are_spread_over_the_workers():
+    planner, sent, lengths = make([None], n_active=1, rate=4, workers=3)
+    plans(planner, lengths, 10)
+    workers = [worker for worker, message in sent if isinstance(message, Open)]
+    assert set(workers) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("depth", [0, 1, 7, 23])
+def test_a_restored_snapshot_plans_the_same_next_batches(depth):
+    lengths = [None, 50, None, 9]
+    first, _, _ = make(lengths)
+    plans(first, lengths, depth)
+    state = json.loads(json.dumps(jsonable(first.snapshot())))
+    expected = plans(first, lengths, 10)
+    second, _, _ = make(lengths)
+    second.restore(state)
+    assert plans(second, lengths, 10) == expected
