@@ -121,6 +121,8 @@ def _draw_slots(rng: Rng, mass: np.ndarray, n: int) -> np.ndarray:
 
 def _cut_at_budget(choices: np.ndarray, budget: np.ndarray) -> np.ndarray:
     """The prefix of `choices` that ends at the first row exhausting some slot's budget."""
+    if np.isinf(budget).all():
+        return choices
     order = np.argsort(choices, kind="stable")
     ranked = choices[order]
     occurrence = np.empty(len(choices), dtype=np.int64)
