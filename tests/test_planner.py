@@ -41,13 +41,19 @@ def serve(planner, lengths):
 
 
 def plans(planner, lengths, count):
+    """Each batch as the (stream, activation) of each row: what decides its samples (rows of one instance take
+    its samples in row order), however planning split the rows into parts while it waited."""
     out = []
     while len(out) < count and planner.running():
         plan = planner.next_batch()
         if plan is None:
             serve(planner, lengths)
             continue
-        out.append([(inst.key, inst.activation, rows.tolist()) for inst, rows in plan.parts])
+        rows = [None] * plan.rows
+        for inst, part in plan.parts:
+            for row in part.tolist():
+                rows[row] = (inst.key, inst.activation)
+        out.append(rows)
     return out
 
 
