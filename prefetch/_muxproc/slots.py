@@ -38,11 +38,6 @@ class Filling:
     owed: dict[int, list[tuple[Any, int]]]
     objects: dict[int, list[Any]] = field(default_factory=dict)
 
-    @property
-    def waiting(self) -> set[int]:
-        """Workers whose rows are not written yet."""
-        return set(self.owed)
-
 
 class SlotTable:
     def __init__(self, slots: int, first_seq: int = 0) -> None:
