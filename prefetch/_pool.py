@@ -221,7 +221,7 @@ def _prepare(source: Streamer, seed: int) -> _Tree:
     tree = rebuild(source, ())
     names = [repr(leaf) for leaf in leaves]
     labels = [name if names.count(name) == 1 else f"{name}#{i}" for i, name in enumerate(names)]
-    return _Tree(tree, Leaves(leaves, [leaf.replicas for leaf in leaves], labels))
+    return _Tree(tree, Leaves(leaves, labels))
 
 
 def _check_picklable(method: str, tree: _Tree, transform: Any) -> None:
@@ -288,11 +288,12 @@ class Pool:
     """Prefetch batches from a stream or mux with worker processes and shared memory.
 
     The top-level mux policy runs in a mux process, the leaf streams run in worker
-    processes (each stream in one worker, spread over workers; a `replicated()` stream
-    in every worker), and each sample is written once, by a worker, into a row of a
-    shared-memory slot. Iterating the pool yields `Batch` objects whose arrays are
-    views over those slots. Close it (or use it as a context manager) to stop the
-    processes and unlink the shared memory; exit and garbage collection close it too.
+    processes (each activation of a stream in one worker, activations spread over the
+    workers in turn; a `replicated()` stream in every worker), and each sample is
+    written once, by a worker, into a row of a shared-memory slot. Iterating the pool
+    yields `Batch` objects whose arrays are views over those slots. Close it (or use
+    it as a context manager) to stop the processes and unlink the shared memory; exit
+    and garbage collection close it too.
     """
 
     def __init__(self, source: Any, *, batch_size: int, workers: int | None = None, prefetch: int | None = None,
@@ -648,6 +649,8 @@ class Pool:
             "epoch": mux["epoch"],
             "restarts": self._restarts,
             "seed": self.options.seed,
+            "activations_foreseen": mux["activations_foreseen"],
+            "activations_foreseen_in_vain": mux["activations_foreseen_in_vain"],
         }
 
     def close(self) -> None:

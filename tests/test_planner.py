@@ -23,7 +23,7 @@ def make(lengths, rate=8, n_active=2, lookahead=True, workers=2):
     mux = StochasticMux(streams, n_active=n_active, rate=rate, random_state=5)
     sent = []
     table = InstanceTable(lambda worker, message: sent.append((worker, message)), workers, 11, 0, 64)
-    planner = Planner(mux, Leaves(streams, [False] * len(streams), [str(i) for i in range(len(streams))]), table,
+    planner = Planner(mux, Leaves(streams, [str(i) for i in range(len(streams))]), table,
                       16, "partial", 64 if lookahead else 0, [])
     if not lookahead:
         planner.lookahead.activations_ahead = 0

@@ -413,3 +413,13 @@ def test_short_epochs_prefetched_ahead_stay_separate():
         time.sleep(0.3)
         for _ in range(4):
             assert ys(pool) == list(range(30))
+
+
+def test_activations_of_a_finite_rate_mux_are_opened_ahead_of_need_and_reported():
+    mux = StochasticMux([Streamer(streams.endless, t) for t in range(4)], n_active=2, rate=8)
+    with Pool(mux, batch_size=16, workers=2, seed=1) as pool:
+        for _, batch in zip(range(20), pool, strict=False):
+            del batch
+        stats = pool.stats()
+    assert stats["activations_foreseen"] > 10
+    assert stats["activations_foreseen_in_vain"] == 0

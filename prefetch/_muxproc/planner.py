@@ -70,7 +70,6 @@ class Leaves:
     """The leaf streams of the source tree, as placed by the pool (indices are keys in OPEN)."""
 
     streams: list[Streamer]
-    replicated: list[bool]
     labels: list[str]
 
 
@@ -186,7 +185,7 @@ class Planner:
                                 "generated streams, but not generated muxes: list them in the ChainMux instead")
         index = self.leaf_index.get(id(leaf))
         if index is not None:
-            return index, index, None, self.leaves.labels[index], self.leaves.replicated[index]
+            return index, index, None, self.leaves.labels[index], leaf.replicas
         key = len(self.leaves.streams) + self.dynamic
         self.dynamic += 1
         return key, -1, leaf, repr(leaf), leaf.replicas
@@ -412,12 +411,11 @@ class Planner:
         """Open an instance again from its state() (see RemoteInstance.state, ReplicatedInstance.state)."""
         key, activation, budget, placement, skip, *count = inst
         index = self.leaf_index.get(id(leaf), -1)
-        replicated = self.leaves.replicated[index] if index >= 0 else leaf.replicas
         label = self.leaves.labels[index] if index >= 0 else repr(leaf)
         workers = self.instances.num_workers
         if isinstance(skip, list) and len(skip) != workers:
             # An order-free replicated stream resumed with another worker count: replica r reads batches r, r + R, ...
             done = count[0] // self.batch_size
             skip = [self.batch_size * len(range(r, done, workers)) for r in range(workers)]
-        return self.open(key, index, leaf if index < 0 else None, label, budget, replicated, activation, placement,
+        return self.open(key, index, leaf if index < 0 else None, label, budget, leaf.replicas, activation, placement,
                          skip, count[0] if count else 0)
