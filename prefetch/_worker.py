@@ -181,7 +181,8 @@ class _Producer:
                 closed = self.instances.pop(iid, None)
                 if closed is not None and closed is self.rng_owner:
                     self.rng_owner = None
-        self.notify()
+        if kind == "skip" or self.updated or self.failures:
+            self.notify()
 
     def notify(self) -> None:
         """Wake the writer (a full pipe already will)."""
@@ -434,7 +435,7 @@ class _Writer:
                 while self.running and self.sock.poll(0):
                     for frame in self.sock.recv_multipart():
                         self.guarded(self.handle, TO_WORKER.decode(frame))
-            if self.wake_r.fileno() in events or self.wake_r in events:
+            if self.wake_r.fileno() in events:
                 with contextlib.suppress(BlockingIOError):
                     self.wake_r.recv(4096, socket.MSG_DONTWAIT)
             self.guarded(self.advance)

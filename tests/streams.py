@@ -144,3 +144,14 @@ class SeekOnly(prefetch.Streamer):
 
     def seek(self, position):
         return seek_only_rows(self.n, self.marker, position)
+
+
+def stalls_on_second_activation(seconds):
+    """Counts up from 0 in every activation; the second activation's start takes `seconds` (a stall)."""
+    info = prefetch.worker_info()
+    if info is not None and info.activation == 1:
+        time.sleep(seconds)
+    i = 0
+    while True:
+        yield {"y": np.int64(i)}
+        i += 1

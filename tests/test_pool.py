@@ -423,3 +423,13 @@ def test_activations_of_a_finite_rate_mux_are_opened_ahead_of_need_and_reported(
         stats = pool.stats()
     assert stats["activations_foreseen"] > 10
     assert stats["activations_foreseen_in_vain"] == 0
+
+
+def test_rows_already_made_are_delivered_while_the_worker_is_stuck_starting_another_stream():
+    """The look-ahead opens activation 1 (it stalls for a minute) on the only worker; activation 0's rows still come."""
+    mux = StochasticMux([Streamer(streams.stalls_on_second_activation, 60)], n_active=1, rate=40, dist="constant")
+    with Pool(mux, batch_size=8, workers=1, seed=0, timeout=10) as pool:
+        it = iter(pool)
+        got = [int(y) for _ in range(5) for y in next(it)["y"]]
+        assert pool.stats()["activations_foreseen"] >= 1
+    assert got == list(range(40))
