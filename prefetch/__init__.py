@@ -24,7 +24,7 @@ from ._mux import BaseMux, ChainMux, RoundRobinMux, ShuffledMux, StochasticMux
 from ._pool import Pool
 from ._streamer import Streamer, streamable
 from ._worker_info import WorkerInfo, worker_info
-from .volumes.index import VolumeError
+from .volumes.errors import CorruptIndexError, FetchError, MetadataError, VolumeError, VolumeLockedError
 from .volumes.loader import DataGenerator, Loader, bind_data_generator
 from .volumes.query import QuerySyntaxError
 from .volumes.selection import DataPoint
@@ -37,11 +37,14 @@ __all__ = [
     "BaseMux",
     "Batch",
     "ChainMux",
+    "CorruptIndexError",
     "DataError",
     "DataGenerator",
     "DataPoint",
     "EmptyStreamError",
+    "FetchError",
     "Loader",
+    "MetadataError",
     "MuxStarvedError",
     "Pool",
     "PoolClosedError",
@@ -58,6 +61,7 @@ __all__ = [
     "Streamer",
     "Volume",
     "VolumeError",
+    "VolumeLockedError",
     "WorkerDiedError",
     "WorkerError",
     "WorkerInfo",

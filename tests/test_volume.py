@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefetch import QuerySyntaxError, Volume, VolumeError
+from prefetch import FetchError, QuerySyntaxError, Volume, VolumeError
 from prefetch.volumes.cache import Cache, parse_size
 from prefetch.volumes.query import Query
 from prefetch.volumes.selection import select
@@ -163,14 +163,14 @@ def test_cache_verifies_writes_atomically_and_evicts_least_recently_used(tmp_pat
     blobs = [bytes([i]) * 100 for i in range(4)]
     shas = [hashlib.sha256(b).hexdigest() for b in blobs]
     for sha, blob in zip(shas[:2], blobs[:2], strict=True):
-        assert cache.get(sha, lambda b=blob: [b[:50], b[50:]]).read_bytes() == blob
-    os.utime(cache.path(shas[0]))
-    cache.get(shas[2], lambda: [blobs[2]])
+        assert cache.get(sha, 100, lambda b=blob: [b[:50], b[50:]]).read_bytes() == blob
+    cache.get(shas[0], 100, lambda: pytest.fail("a cached file is fetched again"))  # read: now the most recent
+    cache.get(shas[2], 100, lambda: [blobs[2]])
     cache.evict()
     assert cache.path(shas[0]).exists() and cache.path(shas[2]).exists()
     assert not cache.path(shas[1]).exists()
     with pytest.raises(VolumeError, match="arrived corrupted"):
-        cache.get(shas[3], lambda: [b"tampered"])
+        cache.get(shas[3], 100, lambda: [b"tampered"])
     assert not cache.path(shas[3]).exists()
     assert not [p for p in (tmp_path / "c").rglob("*.part")]
 
@@ -210,7 +210,7 @@ def test_file_url_and_bad_volumes(tmp_path):
         Volume.open(tmp_path / "nowhere")
     with pytest.raises(VolumeError, match="not empty"):
         Volume.init(tmp_path / "vol")
-    with pytest.raises(VolumeError, match=r"cannot read index\.sqlite"):
+    with pytest.raises(FetchError, match=r"cannot read http://127.0.0.1:9/none/index\.sqlite.*refused"):
         Volume.open("http://127.0.0.1:9/none", cache_dir=tmp_path / "c")
     with pytest.raises(QuerySyntaxError):
         vol.query("label:")

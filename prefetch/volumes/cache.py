@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import ArgumentError
-from .index import VolumeError
+from .errors import VolumeError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
@@ -35,12 +38,50 @@ def parse_size(limit: int | str | None) -> int | None:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
+VERIFIED_MTIME_NS = 946_684_800 * 10**9
+"""The modification time the cache gives a file it has verified (2000-01-01). Any write to the file sets its
+mtime to now, so a file whose mtime is not this one is in doubt and is hashed before it is handed out."""
+
+
+@dataclass
+class Held:
+    """A cached file that eviction leaves alone until `release()` (a shared lock on an open descriptor)."""
+
+    path: Path
+    fd: int | None = None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open descriptor of `path` holding an exclusive lock, or None when someone holds a lock on it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class Cache:
     """Files by SHA-256 under `root/objects`, safe to share between processes and pools.
 
-    A file is written to a private temporary name, verified against its hash and then
-    renamed into place, so a reader never sees a partial file; two processes fetching
-    the same file both succeed. Past `limit` bytes, the files read longest ago go.
+    A file is written to a private temporary name (locked while it is written),
+    verified against its hash and renamed into place, so a reader never sees a
+    partial file and two processes fetching the same file both succeed. Before a file
+    is handed out its size is checked, and its hash too when it may have been changed
+    since it was verified (see VERIFIED_MTIME_NS); a damaged file is fetched again.
+
+    Past `limit` bytes, the files read longest ago go, except those held (`hold`) by
+    any process, and temporary files of downloads whose process died. A held file can
+    make the cache exceed its limit by at most what is held.
     """
 
     def __init__(self, root: Path, limit: int | None = None) -> None:
@@ -53,49 +94,119 @@ class Cache:
     def path(self, sha: str) -> Path:
         return self.objects / sha[:2] / sha[2:]
 
-    def get(self, sha: str, fetch: Callable[[], Iterable[bytes]]) -> Path:
-        """The local path of a file, fetching it (as chunks of bytes) if it is not cached."""
+    def get(self, sha: str, size: int, fetch: Callable[[], Iterable[bytes]]) -> Path:
+        """The local path of a sound copy of a file, fetching it (as chunks of bytes) if need be.
+
+        Another process's eviction may remove the path once this returns; use `hold`
+        to keep it until you are done reading.
+        """
+        held = self.hold(sha, size, fetch)
+        held.release()
+        return held.path
+
+    def hold(self, sha: str, size: int, fetch: Callable[[], Iterable[bytes]]) -> Held:
+        """A sound copy of a file, fetched if need be, that no eviction removes until it is released."""
         target = self.path(sha)
+        for _ in range(3):
+            fd = self._open_sound(target, sha, size)
+            if fd is None:
+                self._fetch(target, sha, size, fetch)
+                fd = self._open_sound(target, sha, size)
+            if fd is not None:
+                if self.limit is not None and self.added > self.limit // 10:
+                    self.evict()
+                return Held(target, fd)
+        raise VolumeError(f"file {sha[:12]}... keeps disappearing from the cache {self.root} as it is fetched; "
+                          "is another process removing it?")
+
+    def _open_sound(self, target: Path, sha: str, size: int) -> int | None:
+        """A descriptor of the cached file holding a shared lock, if it is there and sound; else None."""
         try:
-            os.utime(target)
-            return target
+            fd = os.open(target, os.O_RDONLY)
         except FileNotFoundError:
-            pass
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            stat = os.fstat(fd)
+            if stat.st_nlink == 0:  # evicted between open and lock
+                os.close(fd)
+                return None
+            sound = stat.st_size == size and (stat.st_mtime_ns == VERIFIED_MTIME_NS or _sha256_fd(fd) == sha)
+            if not sound:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+                return None
+            os.utime(target, ns=(time.time_ns(), VERIFIED_MTIME_NS))
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def _fetch(self, target: Path, sha: str, size: int, fetch: Callable[[], Iterable[bytes]]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
         digest = hashlib.sha256()
-        size = 0
+        written = 0
         try:
             with open(temp, "wb") as out:
+                fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # tells eviction that this download is alive
                 for chunk in fetch():
                     digest.update(chunk)
                     out.write(chunk)
-                    size += len(chunk)
-            if digest.hexdigest() != sha:
-                raise VolumeError(f"file {sha[:12]}... arrived corrupted (its SHA-256 is {digest.hexdigest()[:12]}...)")
-            os.replace(temp, target)
+                    written += len(chunk)
+                if digest.hexdigest() != sha or written != size:
+                    raise VolumeError(f"file {sha[:12]}... arrived corrupted ({written} bytes, expected {size}; "
+                                      f"its SHA-256 is {digest.hexdigest()[:12]}...)")
+                out.flush()
+                os.utime(temp, ns=(time.time_ns(), VERIFIED_MTIME_NS))
+                os.replace(temp, target)  # still locked, so eviction cannot take it for a dead download's
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
-        self.added += size
-        if self.limit is not None and self.added > self.limit // 10:
-            self.evict(keep=target)
-        return target
+        self.added += written
 
-    def evict(self, keep: Path | None = None) -> None:
-        """Remove the least recently read files until the cache holds at most `limit` bytes."""
+    def evict(self) -> None:
+        """Remove the least recently read files until the cache holds at most `limit` bytes.
+
+        A file held by any process is skipped, and so is a download in progress; the
+        temporary file of a download whose process died is removed.
+        """
         self.added = 0
         entries = []
         for sub in self.objects.iterdir():
+            if not sub.is_dir():
+                continue
             for entry in os.scandir(sub):
-                if entry.is_file() and not entry.name.startswith("."):
-                    stat = entry.stat()
-                    entries.append((stat.st_mtime, stat.st_size, Path(entry.path)))
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.name.endswith(".part"):
+                    fd = _try_lock(Path(entry.path))
+                    if fd is not None:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                        os.close(fd)
+                    continue
+                stat = entry.stat()
+                entries.append((stat.st_atime_ns, stat.st_size, Path(entry.path)))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
-            if total <= self.limit:
+            if self.limit is None or total <= self.limit:
                 break
-            if path != keep:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                total -= size
+            fd = _try_lock(path)
+            if fd is None:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            os.close(fd)
+            total -= size
+
+
+def _sha256_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return digest.hexdigest()

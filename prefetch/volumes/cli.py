@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .index import VolumeError
+from .errors import VolumeError
 from .selection import DataPoint
 from .store import Volume
 

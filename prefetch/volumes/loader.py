@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -24,7 +25,8 @@ from .._errors import ArgumentError, check_int
 from .._pool import Pool, resolve_rank
 from .._streamer import Streamer
 from .._worker_info import worker_info
-from .cache import parse_size
+from .cache import Held, parse_size
+from .errors import FetchError
 from .selection import PHASES, DataPoint
 from .store import Source, Volume
 
@@ -68,13 +70,28 @@ class Items:
         return np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
 
 
-def _fetch(items: Items, point: DataPoint, cache: Any) -> tuple[list[str], list[dict[str, Any]]]:
-    names, metadatas = [], []
-    for name in sorted(point.files):
-        info = point.files[name]
-        names.append(str(items.source.file(info["sha256"], cache)))
-        metadatas.append({**point.metadata, "@id": point.id, "@name": name, "@size": info["size"]})
-    return names, metadatas
+FETCH_WAIT_S = 900.0
+"""Longest wait for one data point's files; each remote read also gives up on a stalled transfer (remote.py)."""
+
+
+def _fetch(items: Items, point: DataPoint, cache: Any) -> tuple[list[str], list[dict[str, Any]], list[Held]]:
+    """A data point's local file names and metadatas, its files held in the cache until the sample is made."""
+    names, metadatas, held = [], [], []
+    try:
+        for name in sorted(point.files):
+            info = point.files[name]
+            held.append(items.source.hold(info["sha256"], info["size"], cache))
+            names.append(str(held[-1].path))
+            metadatas.append({**point.metadata, "@id": point.id, "@name": name, "@size": info["size"]})
+    except BaseException:
+        _release(held)
+        raise
+    return names, metadatas, held
+
+
+def _release(held: list[Held]) -> None:
+    for h in held:
+        h.release()
 
 
 def phase_samples(items: Items, start: int = 0) -> Iterator[Any]:
@@ -83,19 +100,31 @@ def phase_samples(items: Items, start: int = 0) -> Iterator[Any]:
     epoch, replica, replicas = (info.activation, info.replica, info.num_replicas) if info else (0, 0, 1)
     share = items.share(epoch, replica, replicas)[start:].tolist()
     cache = None if items.source.local else items.source.cache()
+    pending: deque[Future] = deque()
     with ThreadPoolExecutor(FETCH_THREADS) as threads:
-        pending: deque = deque()
-        upcoming = iter(share)
-        for j in upcoming:
-            pending.append(threads.submit(_fetch, items, items.points[j], cache))
-            if len(pending) >= 2 * FETCH_THREADS:
-                break
-        while pending:
-            names, metadatas = pending.popleft().result()
-            nxt = next(upcoming, None)
-            if nxt is not None:
-                pending.append(threads.submit(_fetch, items, items.points[nxt], cache))
-            yield items.callback(names, metadatas)
+        try:
+            upcoming = iter(share)
+            for j in upcoming:
+                pending.append(threads.submit(_fetch, items, items.points[j], cache))
+                if len(pending) >= 2 * FETCH_THREADS:
+                    break
+            while pending:
+                try:
+                    names, metadatas, held = pending.popleft().result(timeout=FETCH_WAIT_S)
+                except FutureTimeout:
+                    raise FetchError(f"the files of a data point took over {FETCH_WAIT_S:g} s to fetch") from None
+                nxt = next(upcoming, None)
+                if nxt is not None:
+                    pending.append(threads.submit(_fetch, items, items.points[nxt], cache))
+                try:
+                    sample = items.callback(names, metadatas)
+                finally:
+                    _release(held)
+                yield sample
+        finally:
+            for future in pending:
+                if not future.cancel() and future.exception() is None:
+                    _release(future.result()[2])
 
 
 class PhaseStream(Streamer):

@@ -126,8 +126,10 @@ def _tokens(text: str) -> list[_Token]:
 
 
 def _number(text: str) -> int | float | None:
+    """The number `text` spells, or None; an integer beyond 64 bits is a float, as SQLite's JSON reads it."""
     if re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
+        value = int(text)
+        return value if -2**63 <= value < 2**63 else float(value)
     if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?", text):
         value = float(text)
         return value if math.isfinite(value) else None
@@ -138,12 +140,22 @@ def _unquote(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text[1:-1])
 
 
+MAX_NESTING = 100
+"""Parentheses and NOTs one inside another; deeper queries are refused (they would only exhaust the stack)."""
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.tokens = _tokens(text)
         self.i = 0
         self.ops: dict[str, Any] = {}
+        self.depth = 0
+
+    def nested(self, token: _Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"parentheses and NOTs nest deeper than {MAX_NESTING} levels", token)
 
     def error(self, message: str, token: _Token | None = None) -> QuerySyntaxError:
         pos = token.pos if token is not None else len(self.text)
@@ -203,15 +215,19 @@ class _Parser:
     def not_expr(self) -> Node:
         token = self.peek()
         if token is not None and token.text == "NOT":
-            self.take()
-            return Not(self.not_expr())
+            self.nested(self.take())
+            node = Not(self.not_expr())
+            self.depth -= 1
+            return node
         return self.primary()
 
     def primary(self) -> Node:
         token = self.take()
         if token.text == "(":
+            self.nested(token)
             node = self.or_expr()
             self.expect(")")
+            self.depth -= 1
             return node
         if token.kind != "word" or token.text in ("AND", "OR", "NOT", "TO"):
             raise self.error(f"expected a field:value term, got {token.text!r}", token)
@@ -327,7 +343,12 @@ class _Parser:
 def parse(text: str) -> Query:
     """Parse a query; raises QuerySyntaxError (with position and caret) for anything else."""
     if not isinstance(text, str):
-        raise QuerySyntaxError(f"a query is a string, got {type(text).__name__}", repr(text), 0)
+        raise QuerySyntaxError(f"a query is a string, got {type(text).__name__}", repr(text)[:200], 0)
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise QuerySyntaxError("a query must be valid Unicode; this holds a lone surrogate",
+                               text.encode(errors="backslashreplace").decode(), exc.start) from None
     return _Parser(text).parse()
 
 

@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .errors import VolumeError
+from .names import check_hash, check_name
 from .query import Query
 
 PHASES = ("train", "test", "validation")
@@ -35,13 +37,17 @@ class DataPoint:
     @property
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
-            self._metadata = json.loads(self._metadata_json)
+            metadata = json.loads(self._metadata_json)
+            if not isinstance(metadata, dict):
+                raise VolumeError(f"data point {self.id!r:.100}: its metadata in the index is not an object")
+            self._metadata = metadata
         return self._metadata
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:
+        """name -> {"sha256", "size"}, each checked: the index may come from an untrusted server."""
         if self._files is None:
-            self._files = json.loads(self._files_json)
+            self._files = _checked_files(self.id, json.loads(self._files_json))
         return self._files
 
     def __getstate__(self) -> tuple[str, str, str, str | None]:
@@ -59,6 +65,21 @@ class DataPoint:
 
     def __repr__(self) -> str:
         return f"DataPoint({self.id!r}, phase={self.phase!r}, files={sorted(self.files)})"
+
+
+def _checked_files(point: str, files: Any) -> dict[str, dict[str, Any]]:
+    where = f"data point {point!r:.100}"
+    if not isinstance(files, dict) or not files:
+        raise VolumeError(f"{where}: its files in the index are not a non-empty object")
+    for name, info in files.items():
+        check_name(name, f"{where}: file name")
+        if not isinstance(info, dict):
+            raise VolumeError(f"{where}, file {name!r}: expected {{'sha256', 'size'}}, got {info!r:.100}")
+        check_hash(info.get("sha256"), f"{where}, file {name!r}")
+        size = info.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise VolumeError(f"{where}, file {name!r}: size must be an integer >= 0, got {size!r:.100}")
+    return files
 
 
 def unit(seed: int, purpose: str, key: str) -> float:

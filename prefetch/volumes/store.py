@@ -7,25 +7,27 @@ server makes it readable over HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import shutil
 import tempfile
-import urllib.error
-import urllib.request
+import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache, default_cache_dir, parse_size
-from .index import Index, VolumeError
+from . import remote
+from .cache import Cache, Held, default_cache_dir, parse_size
+from .errors import CorruptIndexError, VolumeError
+from .index import Index, check_index_file, check_metadata
+from .names import check_hash, check_name
 from .query import Query, parse
 from .selection import DataPoint, select
 
 INDEX = "index.sqlite"
 CHUNK = 1 << 20
-TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -47,51 +49,92 @@ class Source:
         return "://" not in self.url
 
     def read(self, relative: str) -> Iterator[bytes]:
-        """The bytes of `relative` (a path inside the volume), in chunks."""
+        """The bytes of `relative` (a path inside the volume), in chunks; remote reads are retried."""
         if self.local:
             with open(Path(self.url) / relative, "rb") as f:
                 yield from iter(lambda: f.read(CHUNK), b"")
-        elif self.url.startswith("s3://"):
-            yield from _s3_read(self.url, relative)
         else:
-            try:
-                with urllib.request.urlopen(f"{self.url.rstrip('/')}/{relative}", timeout=TIMEOUT_S) as response:
-                    yield from iter(lambda: response.read(CHUNK), b"")
-            except (urllib.error.URLError, OSError) as exc:
-                raise VolumeError(f"cannot read {relative} from {self.url}: {exc}") from exc
+            yield from remote.chunks(f"{self.url.rstrip('/')}/{relative}")
 
     def cache(self) -> Cache:
         return Cache(Path(self.cache_dir) if self.cache_dir else default_cache_dir(), self.cache_limit)
 
-    def file(self, sha: str, cache: Cache | None = None) -> Path:
-        """A local path holding the file with this SHA-256, fetched into the cache if it is remote."""
-        relative = f"objects/{sha[:2]}/{sha[2:]}"
+    def hold(self, sha: str, size: int, cache: Cache | None = None) -> Held:
+        """Like `file`, but a cached file stays until the result is released, whatever other processes evict."""
         if self.local:
-            return Path(self.url) / relative
-        return (cache or self.cache()).get(sha, lambda: self.read(relative))
+            return Held(self.file(sha, size))
+        check_hash(sha, "Source.hold")
+        return (cache or self.cache()).hold(sha, size, lambda: self.read(f"objects/{sha[:2]}/{sha[2:]}"))
+
+    def file(self, sha: str, size: int, cache: Cache | None = None) -> Path:
+        """A local path holding the file with this SHA-256 and size, fetched into the cache if it is remote.
+
+        A local volume's object of the wrong size is a damaged volume (VolumeError); a
+        cached one is fetched again (see Cache.get).
+        """
+        check_hash(sha, "Source.file")
+        relative = f"objects/{sha[:2]}/{sha[2:]}"
+        if not self.local:
+            return (cache or self.cache()).get(sha, size, lambda: self.read(relative))
+        path = Path(self.url) / relative
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise VolumeError(f"{self.url}: object {sha[:12]}... is missing; the volume is damaged") from None
+        if actual != size:
+            raise VolumeError(f"{self.url}: object {sha[:12]}... holds {actual} bytes, the index says {size}; "
+                              "the volume is damaged")
+        return path
 
 
-def _s3_read(url: str, relative: str) -> Iterator[bytes]:
+def _store(source: Path, objects: Path) -> tuple[str, int]:
+    """Copy a file into the object store under its SHA-256, hashing the bytes it copies; (hash, size).
+
+    The copy goes to a name no other process uses and is renamed into place only
+    under the hash of the bytes actually copied, so a file that changes while it is
+    added, or two processes adding the same file, never leave a wrong object.
+    """
+    fd, temp = tempfile.mkstemp(dir=objects, prefix=".add-", suffix=".part")
     try:
-        import boto3
-    except ImportError as exc:
-        raise VolumeError("s3:// volumes need boto3: pip install 'prefetch[s3]'") from exc
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    key = f"{prefix.rstrip('/')}/{relative}" if prefix else relative
-    try:
-        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
-    except Exception as exc:
-        raise VolumeError(f"cannot read s3://{bucket}/{key}: {exc}") from exc
-    yield from iter(lambda: body.read(CHUNK), b"")
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        sha = digest.hexdigest()
+        target = objects / sha[:2] / sha[2:]
+        target.parent.mkdir(exist_ok=True)
+        if target.exists() and _sha256(target) == sha:
+            return sha, size
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+        return sha, size
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+    return digest.hexdigest()
+
+
+def _fetch_index(source: Source, cached: Path) -> None:
+    """Download the index next to `cached` and replace it only once the download is a sound volume index."""
+    fd, temp = tempfile.mkstemp(dir=cached.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in source.read(INDEX):
+                out.write(chunk)
+        check_index_file(Path(temp))
+        os.replace(temp, cached)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
 class QueryResult:
@@ -159,15 +202,13 @@ class Volume:
         cached = source.cache().root / "indexes" / (hashlib.sha1(source.url.encode()).hexdigest() + ".sqlite")
         cached.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd, temp = tempfile.mkstemp(dir=cached.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as out:
-                for chunk in source.read(INDEX):
-                    out.write(chunk)
-            os.replace(temp, cached)
-        except VolumeError:
-            Path(temp).unlink(missing_ok=True)
+            _fetch_index(source, cached)
+        except VolumeError as exc:
             if not cached.exists():
                 raise
+            if isinstance(exc, CorruptIndexError):
+                warnings.warn(f"Volume.open: the index served by {source.url} is not sound ({exc}); using the "
+                              f"copy cached {time.ctime(cached.stat().st_mtime)}", RuntimeWarning, stacklevel=2)
         return cls(source, cached, writable=False)
 
     def _need_writable(self) -> None:
@@ -180,20 +221,20 @@ class Volume:
         self._need_writable()
         if not files:
             raise VolumeError("a data point needs at least one file")
+        if id is not None:
+            check_name(id, "Volume.add: id")
+        for name in files:
+            check_name(name, "Volume.add: file name")
+        meta = {} if metadata is None else metadata
+        check_metadata(str(id), meta)
         stored = {}
         for name, path in files.items():
-            sha, size = _hash_file(Path(path))
-            target = Path(self.source.url) / "objects" / sha[:2] / sha[2:]
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                temp = target.with_name(f".{target.name}.part")
-                shutil.copyfile(path, temp)
-                os.replace(temp, target)
-            stored[str(name)] = {"sha256": sha, "size": size}
+            sha, size = _store(Path(path), Path(self.source.url) / "objects")
+            stored[name] = {"sha256": sha, "size": size}
         if id is None:
             id = hashlib.sha1("".join(f"{n}:{f['sha256']}" for n, f in sorted(stored.items())).encode()).hexdigest()
-        self.index.stage(str(id), dict(metadata or {}), stored)
-        return str(id)
+        self.index.stage(id, meta, stored)
+        return id
 
     def transaction(self) -> Any:
         """`with volume.transaction():` stages every add inside it at once (fast for many data points)."""
@@ -211,13 +252,14 @@ class Volume:
 
     def query(self, text: str | Query) -> QueryResult:
         """The data points the query selects, with their phase when it has @split."""
-        query = parse(text) if isinstance(text, str) else text
+        query = text if isinstance(text, Query) else parse(text)
         rows = self.index.select(query.version, query.filter, query.path)
         return QueryResult(query, self.index.version_id(query.version), list(select(rows, query)))
 
     def file(self, point: DataPoint, name: str) -> Path:
         """A local path of one of a data point's files (fetched into the cache for a remote volume)."""
-        return self.source.file(point.files[name]["sha256"])
+        info = point.files[name]
+        return self.source.file(info["sha256"], info["size"])
 
     def files(self, point: DataPoint) -> dict[str, Path]:
         return {name: self.file(point, name) for name in sorted(point.files)}
