@@ -52,7 +52,7 @@ def test_order_does_not_depend_on_the_worker_count(volume, workers):
     def order(n):
         gen = bind_data_generator(volume, "label:(cat dog)", by_id, batch_size=6, drop_last=False, workers=n,
                                   seed=4)
-        loader = gen.flow()
+        loader, _, _ = gen.flow()
         try:
             return [epoch_ids(loader) for _ in range(2)]
         finally:
@@ -63,12 +63,12 @@ def test_order_does_not_depend_on_the_worker_count(volume, workers):
 
 def test_drop_last_and_pad(volume):
     gen = bind_data_generator(volume, "n:<10", by_id, batch_size=4, drop_last=True, workers=2, shuffle=False)
-    loader = gen.flow()
+    loader, _, _ = gen.flow()
     assert len(loader) == 2
     assert epoch_ids(loader) == list(range(8))
     gen.close()
     gen = bind_data_generator(volume, "n:<10", by_id, batch_size=4, drop_last=False, workers=2, shuffle=False)
-    loader = gen.flow()
+    loader, _, _ = gen.flow()
     sizes = [(b.size, len(b["y"]), b["y"][2:].tolist()) for b in loader]
     assert sizes[-1] == (2, 4, [0, 0])
     assert len(loader) == 3
@@ -77,7 +77,7 @@ def test_drop_last_and_pad(volume):
 
 def test_callback_gets_local_files_and_metadata(volume):
     gen = bind_data_generator(volume, "n:[3 TO 4]", by_id, batch_size=2, shuffle=False, workers=1)
-    (batch,) = list(gen.flow())
+    (batch,) = list(gen.flow().train)
     assert batch["x"][:, 0].tolist() == [3, 4]
     assert batch["size"].tolist() == [4, 5]
     gen.close()

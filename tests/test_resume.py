@@ -180,7 +180,7 @@ def test_volume_loaders_resume_exactly_with_any_worker_count(tmp_path):
     def loader(workers, state=None):
         gen = bind_data_generator(str(tmp_path / "vol"), f"@version:{version}", by_id, batch_size=8,
                                   drop_last=False, workers=workers, seed=5)
-        loader = gen.flow()
+        loader, _, _ = gen.flow()
         loader.load_state_dict(state)
         return gen, loader
 
@@ -207,7 +207,7 @@ def test_four_ranks_side_by_side_partition_every_epoch(tmp_path):
     vol.close()
     gens = [bind_data_generator(str(tmp_path / "vol"), f"@version:{version}", by_id, batch_size=5,
                                 drop_last=False, workers=1, seed=9, rank=rank, world_size=4) for rank in range(4)]
-    loaders = [gen.flow() for gen in gens]
+    loaders = [gen.flow().train for gen in gens]
     try:
         assert [len(loader) for loader in loaders] == [6] * 4
         epochs = []

@@ -7,10 +7,10 @@ import importlib.util
 import json
 import os
 import platform
-import sys
 from collections.abc import Callable
 from typing import Any
 
+from .._progress import Progress
 from . import runners
 from .workloads import MUX_WEIGHTS, WORKLOADS
 
@@ -20,25 +20,6 @@ PROPORTION_SAMPLES = 1_000_000
 
 def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled
-
-    def step(self, label: str) -> None:
-        if self.enabled:
-            filled = 30 * self.done // max(self.total, 1)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {label:<45}")
-            sys.stderr.flush()
-        self.done += 1
-
-    def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 90 + "\r")
-            sys.stderr.flush()
 
 
 def plan(names: list[str], workers: list[int], seconds: float, sweep: bool) -> list[tuple[str, Callable[[], Any]]]:
@@ -174,11 +155,12 @@ def run(names: list[str], workers: list[int], seconds: float, sweep: bool, json_
         progress: bool, plot_path: str | None = None) -> int:
     """Run the benchmark, print its table, write JSON and a plot if asked; 0 on completion."""
     steps = plan(names, workers, seconds, sweep)
-    bar = Progress(len(steps), progress)
+    bar = Progress(len(steps), "measurements", progress)
     results = []
     for label, thunk in steps:
-        bar.step(label)
+        bar.step(label, count=0)
         results.append(thunk())
+        bar.step()
     bar.finish()
     goals = targets(results, workers)
     print(f"prefetch bench: {','.join(map(str, workers))} workers, {os.cpu_count()} cores, "

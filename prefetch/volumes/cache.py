@@ -43,6 +43,10 @@ VERIFIED_MTIME_NS = 946_684_800 * 10**9
 mtime to now, so a file whose mtime is not this one is in doubt and is hashed before it is handed out."""
 
 
+DEAD_DOWNLOAD_S = 10.0
+"""A temporary download file unchanged this long and locked by nobody belongs to a process that died."""
+
+
 @dataclass
 class Held:
     """A cached file that eviction leaves alone until `release()` (a shared lock on an open descriptor)."""
@@ -56,18 +60,22 @@ class Held:
             self.fd = None
 
 
-def _try_lock(path: Path) -> int | None:
-    """An open descriptor of `path` holding an exclusive lock, or None when someone holds a lock on it."""
+def _remove_unless_locked(path: Path) -> bool:
+    """Unlink `path` unless some process holds a lock on it (a reader's hold or a live download)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return None
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        return False
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return True
+    finally:
         os.close(fd)
-        return None
-    return fd
 
 
 class Cache:
@@ -179,28 +187,21 @@ class Cache:
             if not sub.is_dir():
                 continue
             for entry in os.scandir(sub):
-                if not entry.is_file(follow_symlinks=False):
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # renamed into place or removed by another process meanwhile
                     continue
                 if entry.name.endswith(".part"):
-                    fd = _try_lock(Path(entry.path))
-                    if fd is not None:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(entry.path)
-                        os.close(fd)
-                    continue
-                stat = entry.stat()
-                entries.append((stat.st_atime_ns, stat.st_size, Path(entry.path)))
+                    if time.time() - stat.st_mtime >= DEAD_DOWNLOAD_S:  # a newer one may not be locked yet
+                        _remove_unless_locked(Path(entry.path))
+                elif not entry.name.startswith("."):
+                    entries.append((stat.st_atime_ns, stat.st_size, Path(entry.path)))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
             if self.limit is None or total <= self.limit:
                 break
-            fd = _try_lock(path)
-            if fd is None:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            os.close(fd)
-            total -= size
+            if _remove_unless_locked(path):
+                total -= size
 
 
 def _sha256_fd(fd: int) -> str:

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .._progress import Progress
 from .errors import VolumeError
+from .names import inside
 from .selection import DataPoint
 from .store import Volume
 
@@ -65,17 +67,19 @@ def _data_files(folder: Path) -> Iterator[Path]:
 
 def add_folder(volume: Volume, folder: Path, jsonl: str | None) -> int:
     metadata = _folder_metadata(folder, jsonl)
-    count = 0
+    files = list(_data_files(folder))
+    progress = Progress(len(files), "files")
     with volume.transaction():
-        for path in _data_files(folder):
+        for path in files:
             name = str(path.relative_to(folder))
             meta = dict(metadata.get(name, {}))
             beside = path.with_name(path.name + ".metadata.json")
             if beside.exists():
                 meta.update(json.loads(beside.read_text()))
             volume.add({path.name: path}, meta, id=name)
-            count += 1
-    return count
+            progress.step()
+    progress.finish()
+    return len(files)
 
 
 def destination(pattern: str, point: DataPoint, name: str) -> str:
@@ -120,11 +124,16 @@ def run(args: argparse.Namespace) -> int:
                                   "files": sorted(point.files)}))
             return 0
         dest = Path(args.dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        progress = Progress(len(result), "data points")
         for point in result:
             for name, local in volume.files(point).items():
-                target = dest / destination(args.pattern, point, name)
+                target = inside(dest, destination(args.pattern, point, name),
+                                f"clone: data point {point.id!r}, file {name!r}: --pattern {args.pattern!r} gives")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(local, target)
                 target.with_name(target.name + ".metadata.json").write_text(json.dumps(point.metadata, indent=1))
+            progress.step()
+        progress.finish()
         print(f"cloned {len(result)} data points of version {result.version[:12]} into {dest}")
     return 0

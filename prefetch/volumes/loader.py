@@ -228,11 +228,17 @@ class DataGenerator:
         self.loaders.append(loader)
         return loader
 
-    def flow(self) -> Phases | Loader:
-        """(train, test, validation) loaders for a query with @split; one loader otherwise."""
+    def flow(self) -> Phases:
+        """(train, test, validation) loaders, always three: without @split, train has every data point.
+
+        `train, test, validation = gen.flow()` unpacks whatever the query; an empty
+        phase is a loader of no batches.
+        """
         if self.result.query.split is None:
-            return self._loader("all", self.result.points)
-        return Phases(*(self._loader(name, self.result.phase(name)) for name in PHASES))
+            phases = {"train": self.result.points, "test": [], "validation": []}
+        else:
+            phases = {name: self.result.phase(name) for name in PHASES}
+        return Phases(*(self._loader(name, phases[name]) for name in PHASES))
 
     def close(self) -> None:
         for loader in self.loaders:
