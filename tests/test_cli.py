@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -109,3 +110,35 @@ def test_a_new_pool_sweeps_segments_of_dead_owners():
             assert not os.path.exists(f"/dev/shm/{name}")
     finally:
         _shm.unlink(name)
+
+
+def _volume_add(tmp_path, stderr):
+    from prefetch import Volume
+
+    Volume.init(tmp_path / "vol").close()
+    files = tmp_path / "files"
+    files.mkdir()
+    for i in range(300):
+        (files / f"{i}.txt").write_text(str(i))
+    return subprocess.run([sys.executable, "-m", "prefetch.cli", "volume", "add", str(tmp_path / "vol"), str(files)],
+                          stdout=subprocess.PIPE, stderr=stderr, timeout=120)
+
+
+def test_long_cli_work_shows_progress_on_a_terminal_and_nothing_when_piped(tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = _volume_add(tmp_path / "a", slave)
+        os.close(slave)
+        shown = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                shown += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0 and b"staged 300 data points" in proc.stdout
+    assert re.search(rb"300/300 files, 0s left, [\d,]+/s", shown), shown[-300:]
+    (tmp_path / "b").mkdir()
+    piped = _volume_add(tmp_path / "b", subprocess.PIPE)
+    assert piped.returncode == 0 and piped.stderr == b""

@@ -138,3 +138,25 @@ def test_garbage_raises_only_query_syntax_errors(text):
         parse(text)
     except QuerySyntaxError as err:
         assert 0 <= err.position <= len(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("(" * 247 + "a:1" + ")" * 247, "nest deeper than 100 levels"),
+        ("NOT " * 150 + "a:1", "nest deeper than 100 levels"),
+        ("label:\ud800", "lone surrogate"),
+        (5, "a query is a string, got int"),
+        (None, "a query is a string, got NoneType"),
+        (b"label:cat", "a query is a string, got bytes"),
+    ],
+)
+def test_hostile_queries_are_syntax_errors(text, reason):
+    with pytest.raises(QuerySyntaxError, match=reason):
+        parse(text)
+
+
+def test_numbers_beyond_64_bits_are_floats_as_sqlite_reads_them():
+    assert parse("n:123456789012345678901").filter == Match("n", 123456789012345678901.0)
+    assert parse("n:>-99999999999999999999").filter == Compare("n", ">", -99999999999999999999.0)
+    assert parse("n:9223372036854775807").filter == Match("n", 2**63 - 1)

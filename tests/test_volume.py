@@ -213,3 +213,21 @@ def test_file_url_and_bad_volumes(tmp_path):
         Volume.open("http://127.0.0.1:9/none", cache_dir=tmp_path / "c")
     with pytest.raises(QuerySyntaxError):
         vol.query("label:")
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("(" * 24 + "n:1" + " AND n:1)" * 24, [1]),
+    ("n:(" + " ".join(str(i) for i in range(1200)) + ")", list(range(100))),
+    (" OR ".join(f"f{i}:1" for i in range(1200)) + " OR n:3", [3]),
+    ("n:123456789012345678901 OR n:3", [3]),
+])
+def test_deep_wide_and_huge_queries_are_answered(volume, query, expected):
+    vol, _ = volume
+    assert ids(vol.query(query)) == expected
+
+
+def test_a_query_that_is_not_a_string_is_a_syntax_error(volume):
+    vol, _ = volume
+    for bad in (5, None, ["label:cat"]):
+        with pytest.raises(QuerySyntaxError, match="a query is a string"):
+            vol.query(bad)

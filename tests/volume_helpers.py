@@ -42,25 +42,72 @@ def mnist_like(root: Path, n: int) -> tuple[prefetch.Volume, str]:
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     delay = 0.0
+    faults: Faults | None = None
 
     def do_GET(self):
         time.sleep(self.delay)
-        super().do_GET()
+        fault = self.faults.next(self.path) if self.faults is not None else None
+        if fault is None:
+            super().do_GET()
+        elif fault == "error":
+            self.send_error(503, "injected")
+        elif fault == "drop":
+            body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+        elif fault == "trickle":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
 
     def log_message(self, *args):
         pass
 
 
+class Faults:
+    """What the server does to each request of a path, in turn: None (serve), "error" (503), "drop" (half the
+    body, then close) or "trickle" (a byte every 0.2 s); `always` repeats for every request after the list.
+    Only paths under `prefix` (the files, not the index) see faults."""
+
+    def __init__(self, plan: list[str | None], always: str | None = None, prefix: str = "/objects/") -> None:
+        self.plan, self.always, self.prefix = plan, always, prefix
+        self.seen: dict[str, int] = {}
+        self.connections = 0
+        self.lock = threading.Lock()
+
+    def next(self, path: str) -> str | None:
+        if not path.startswith(self.prefix):
+            return None
+        with self.lock:
+            n = self.seen[path] = self.seen.get(path, 0) + 1
+        return self.plan[n - 1] if n <= len(self.plan) else self.always
+
+
 class _Backlogged(http.server.ThreadingHTTPServer):
     request_queue_size = 128
     """The standard library's default of 5 pending connections makes concurrent clients wait out SYN retries."""
+    connections = 0
+
+    def process_request(self, request, client_address):
+        self.connections += 1
+        super().process_request(request, client_address)
 
 
 class Server:
     """A static file server for a folder on 127.0.0.1, adding `delay` seconds to every request."""
 
-    def __init__(self, folder: Path, delay: float = 0.0) -> None:
-        handler = type("Handler", (_QuietHandler,), {"delay": delay})
+    def __init__(self, folder: Path, delay: float = 0.0, faults: Faults | None = None,
+                 keep_alive: bool = False) -> None:
+        handler = type("Handler", (_QuietHandler,), {"delay": delay, "faults": faults,
+                                                     "protocol_version": "HTTP/1.1" if keep_alive else "HTTP/1.0"})
         self.httpd = _Backlogged(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -130,7 +130,7 @@ def _http_opener(url: str) -> Callable[[int], Iterator[bytes]]:
             expected = response.getheader("Content-Length")
             received = 0
             try:
-                while part := response.read1(CHUNK):
+                while part := response.read1(CHUNK) or response.read():  # read() ends the response
                     received += len(part)
                     if skip:
                         part, skip = part[skip:], max(0, skip - len(part))
