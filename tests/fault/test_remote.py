@@ -130,5 +130,5 @@ def test_s3_volume_streams_through_a_pool_with_one_client_per_process(tmp_path, 
     got = sorted(int(n) for batch in gen.flow().train for n in batch["n"])
     gen.close()
     assert got == list(range(30))
-    with pytest.raises(FetchError, match="NoSuchKey|Not Found|404"):
+    with pytest.raises(FetchError, match=r"NoSuchKey|Not Found|404"):
         list(remote.chunks("s3://volumes/mine/objects/none"))
