@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import gc
 import math
 import multiprocessing
@@ -14,6 +15,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import weakref
@@ -284,6 +286,16 @@ class _Resources:
             self.ipc_dir = None
 
 
+def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a Pool method under the pool's lock: ZeroMQ sockets must not be used by two threads at once."""
+    @functools.wraps(method)
+    def locked(self: Pool, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Pool:
     """Prefetch batches from a stream or mux with worker processes and shared memory.
 
@@ -303,6 +315,9 @@ class Pool:
                  world_size: int | None = None, start_method: str | None = None) -> None:
         self._res = _Resources()
         self._closed = True
+        self._owner = os.getpid()
+        self._lock = threading.RLock()
+        """Serializes the trainer's use of the socket: two threads may iterate one pool, each batch goes to one."""
         self._init = (source, {"batch_size": batch_size, "workers": workers, "prefetch": prefetch, "seed": seed,
                                "transform": transform, "schema": schema, "last_batch": last_batch,
                                "on_error": on_error, "timeout": timeout, "max_restarts": max_restarts,
@@ -338,6 +353,7 @@ class Pool:
         self._start(tree, transform)
         self._closed = False
         self._finalizer = weakref.finalize(self, self._res.shutdown)
+        _LIVE.add(self)
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -398,7 +414,8 @@ class Pool:
         return proc
 
     def _launch_worker(self, worker: int, generation: int) -> Any:
-        config = dataclasses.replace(self._worker_config, worker_id=worker, generation=generation)
+        config = dataclasses.replace(self._worker_config, worker_id=worker, generation=generation,
+                                     die_by_signal=threading.current_thread() is threading.main_thread())
         return self._launch(worker_main, config, f"prefetch-worker-{worker}")
 
     def _create_segment(self, schema: Schema) -> Segment:
@@ -423,8 +440,7 @@ class Pool:
 
     def _receive(self) -> Message:
         """The next Ready (of one batch), End, Stats or State, raising for errors, dead processes and timeouts."""
-        if self._closed:
-            raise PoolClosedError("the pool is closed")
+        self._check_usable()
         if self._inbox:
             return self._inbox.popleft()
         sock = self._res.sock
@@ -442,6 +458,8 @@ class Pool:
                     )
             if time.monotonic() >= self._next_check:
                 self._check_processes()
+            if self._closed:  # another thread closed the pool while this one waited
+                raise PoolClosedError("the pool was closed while waiting for a batch")
             if sock.poll(POLL_MS):
                 message = TO_TRAINER.decode(sock.recv())
                 if isinstance(message, SchemaFound):
@@ -521,21 +539,24 @@ class Pool:
 
     # --- iteration --------------------------------------------------------------------------------
 
+    @_serialized
     def __iter__(self) -> Iterator[Batch]:
         """Batches of the current epoch; if the last epoch ended, of the next one.
 
         Leaving the loop early and iterating again continues where you left off. An
         error such as SlotsExhaustedError leaves the iterator usable once you act on it.
         """
-        if self._closed:
-            raise PoolClosedError("the pool is closed")
+        self._check_usable()
         if self._epoch_batches == 0:
             self._send(NextEpoch())
         self._epoch_batches = None
         return _Epoch(self)
 
-    def _next_batch(self) -> Batch | None:
-        """The next batch of the epoch, or None at its end."""
+    @_serialized
+    def _next_batch(self, epoch: int) -> Batch | None:
+        """The next batch of `epoch`, or None at its end (which another thread's iterator may have seen first)."""
+        if self._ended_through >= epoch:
+            return None
         start = time.perf_counter()
         if self._first_next is None:
             self._first_next = start
@@ -573,6 +594,7 @@ class Pool:
 
     # --- control ----------------------------------------------------------------------------------
 
+    @_serialized
     def set_weights(self, weights: Any) -> int:
         """Reweight the top-level mux; returns how many more batches come with the old weights.
 
@@ -583,14 +605,14 @@ class Pool:
         if not isinstance(getattr(source, "weights", None), np.ndarray) or not isinstance(source, BaseMux):
             raise ArgumentError(f"Pool.set_weights: the source {source!r} is not a weighted mux")
         w = check_weights(weights, source.n_streams, "Pool.set_weights")
-        if self._closed:
-            raise PoolClosedError("the pool is closed")
+        self._check_usable()
         ahead = self.options.prefetch + math.ceil(BLOCK / self.options.batch_size)
         at = self._last_seq + 1 + ahead
         self._send(Weights(at, w.tolist()))
         self._weights_history.append([at, w.tolist()])
         return ahead
 
+    @_serialized
     def state_dict(self) -> dict[str, Any]:
         """Where the trainer stands: batches handed out count as consumed, prefetched ones do not.
 
@@ -627,10 +649,10 @@ class Pool:
         self.close()
         self.__init__(source, **{**kwargs, "state": state})
 
+    @_serialized
     def stats(self) -> dict[str, Any]:
         """Counters: samples per stream, batches, worker busy and trainer wait fractions, slots by state."""
-        if self._closed:
-            raise PoolClosedError("the pool is closed")
+        self._check_usable()
         mux = self._ask(Stats(None)).counters
         elapsed = time.perf_counter() - self._started
         iterating = time.perf_counter() - self._first_next if self._first_next is not None else 0.0
@@ -654,13 +676,37 @@ class Pool:
         }
 
     def close(self) -> None:
-        """Stop every process and unlink the shared memory; safe to call twice."""
+        """Stop every process and unlink the shared memory; safe to call twice, and from any thread.
+
+        A thread waiting for a batch meanwhile gets PoolClosedError within POLL_MS. In
+        a process forked from the trainer it does nothing: the pool is the parent's.
+        """
+        if os.getpid() != self._owner:
+            return
         self._closed = True
-        finalizer = getattr(self, "_finalizer", None)
-        if finalizer is not None:
-            finalizer()
-        else:
-            self._res.shutdown()
+        with self._lock:
+            finalizer = getattr(self, "_finalizer", None)
+            if finalizer is not None:
+                finalizer()
+            else:
+                self._res.shutdown()
+
+    def _check_usable(self) -> None:
+        if os.getpid() != self._owner:
+            raise PrefetchError(
+                f"this pool belongs to process {self._owner}, and process {os.getpid()} was forked from it: its "
+                "workers and shared memory answer only to their trainer. Create a new Pool in the child.")
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+
+    def _forsake(self) -> None:
+        """In a forked child: never stop the parent's processes at exit (as multiprocessing would), never use them."""
+        self._finalizer.detach()
+        children = multiprocessing.process._children  # multiprocessing terminates these at a child's exit
+        for _, proc in self._res.processes:
+            children.discard(proc)
+        _FORSAKEN.append(self._res)  # never collected here: closing the parent's sockets is the parent's job
+        self._res = _Resources()
 
     def __enter__(self) -> Pool:
         return self
@@ -673,11 +719,25 @@ class Pool:
         return f"Pool({self._source!r}, batch_size={self.options.batch_size}, workers={self.options.workers}, {state})"
 
 
+_LIVE: weakref.WeakSet[Pool] = weakref.WeakSet()
+_FORSAKEN: list[_Resources] = []
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_LIVE):
+        pool._forsake()
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Epoch:
     """The iterator over one epoch of a pool; exceptions do not end it (unlike a generator)."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self.epoch = pool._ended_through + 1
         self.ended = False
 
     def __iter__(self) -> _Epoch:
@@ -686,7 +746,7 @@ class _Epoch:
     def __next__(self) -> Batch:
         if self.ended:
             raise StopIteration
-        batch = self.pool._next_batch()
+        batch = self.pool._next_batch(self.epoch)
         if batch is None:
             self.ended = True
             raise StopIteration

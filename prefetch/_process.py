@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
+import signal
+import sys
 from typing import Any
 
 import zmq
@@ -15,6 +19,25 @@ POLL_MS = 200
 def parent_alive(parent_pid: int) -> bool:
     """Whether the trainer that started this process is still its parent (it is gone once we are re-parented)."""
     return os.getppid() == parent_pid
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, by_signal: bool) -> None:
+    """Make this process end when the trainer does, even while user code blocks (holding the GIL or not).
+
+    On Linux, with `by_signal`, the kernel sends SIGKILL when the parent dies
+    (PR_SET_PDEATHSIG). That signal follows the *thread* that started the process,
+    so the pool asks for it only when that thread is the main thread; otherwise the
+    process relies on its parent check every POLL_MS, as on other systems. A parent
+    that died before the request took effect is caught by the check after it.
+    """
+    if by_signal and sys.platform == "linux":
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if not parent_alive(parent_pid):
+        os._exit(0)
 
 
 def derive_seed(root: int, *key: int) -> int:

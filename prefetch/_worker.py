@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
+import os
 import pickle
 import queue
 import random
@@ -61,7 +63,7 @@ from ._messages import (
     Stop,
     Want,
 )
-from ._process import parent_alive, send_while_parent_lives
+from ._process import die_with_parent, parent_alive, send_while_parent_lives
 from ._schema import RowWriter, Schema, infer
 from ._streamer import Streamer
 from ._worker_info import WorkerInfo, set_worker_info
@@ -79,6 +81,11 @@ REPLAY_STEP = 1024
 """Samples replayed at a time when an instance skips ahead without `seek` (bounds the memory it takes)."""
 
 PARENT_CHECK_MS = 500
+
+MID_STEP_MS = 10
+"""While user code runs, how often the writer looks for samples it made (a stream may stall mid-step)."""
+
+_FIRST = operator.itemgetter(0)
 """How often a worker checks that its parent (the trainer) is still alive."""
 
 
@@ -96,13 +103,17 @@ class WorkerConfig:
     generation: int = 0
     rank: int = 0
     world_size: int = 1
+    die_by_signal: bool = False
+    """Ask the kernel to kill this worker when the trainer dies (see _process.die_with_parent)."""
 
 
 @dataclass
 class _Instance:
     """One running activation of a stream: its generator, ready samples and RNG states.
 
-    The producer appends to `ready` and counts `produced`; the writer pops from `ready`.
+    The producer appends to `ready` (each sample as it is made) and counts `produced`;
+    the writer pops from `ready` and counts `first`, so that it can report every ready
+    sample, even while the producer is stuck in the middle of a step.
     """
 
     iid: int
@@ -116,6 +127,10 @@ class _Instance:
     ready: deque = field(default_factory=deque)
     step: int = 1
     produced: int = 0
+    first: int = 0
+    """Position in the stream of `ready[0]`; moved by whoever pops (the writer, or the producer during a SKIP)."""
+    reported: int = 0
+    """Samples made ready that the writer has reported to the mux."""
     wanted: int = 0
     asked: int = 0
     """Samples the writer asked the producer for (FILLs waiting, after a restart)."""
@@ -149,6 +164,8 @@ class _Producer:
         self.skipped = 0
         self.busy = 0.0
         self.rng_owner: _Instance | None = None
+        self.current: _Instance | None = None
+        """The instance whose user code runs now: its samples appear in `ready` one by one."""
         self.thread = threading.Thread(target=self.run, name="prefetch-producer", daemon=True)
 
     def run(self) -> None:
@@ -189,13 +206,16 @@ class _Producer:
         with contextlib.suppress(BlockingIOError):
             self.wake.send(b"x")
 
-    def news(self) -> tuple[list[list[Any]], int, list[Failure]]:
-        """For the writer: [[iid, produced, ended], ...] of instances with news, samples skipped, failures."""
+    def news(self) -> tuple[list[_Instance], int, list[Failure]]:
+        """For the writer: instances with news (and the one producing now), samples skipped, failures."""
         with self.lock:
             updated, self.updated = self.updated, {}
             skipped, self.skipped = self.skipped, 0
             failures, self.failures = self.failures, []
-        return [[i.iid, i.produced, i.ended] for i in updated.values()], skipped, failures
+        current = self.current
+        if current is not None:
+            updated[current.iid] = current
+        return list(updated.values()), skipped, failures
 
     def mark(self, inst: _Instance) -> None:
         with self.lock:
@@ -238,6 +258,7 @@ class _Producer:
         drop = min(count, len(inst.ready))
         for _ in range(drop):
             inst.ready.popleft()
+        inst.first += drop
         count -= drop
         if count > 0 and not inst.ended and not self.jump(inst, inst.produced + count):
             target = inst.produced + count
@@ -247,6 +268,7 @@ class _Producer:
                     return
                 inst.ready.clear()
         inst.wanted = inst.produced
+        inst.first = inst.produced - len(inst.ready)
         self.mark(inst)
 
     def jump(self, inst: _Instance, position: int) -> bool:
@@ -304,12 +326,14 @@ class _Producer:
         self.use_rng_of(inst)
         set_worker_info(inst.info)
         begin = time.perf_counter()
+        self.current = inst
         try:
             self.pull(inst, start)
         except Exception as exc:
             self.fail(exc, inst, f"sample {inst.produced} of stream {inst.name}")
             return False
         finally:
+            self.current = None
             self.mark(inst)
             set_worker_info(None)
             self.busy += time.perf_counter() - begin
@@ -329,18 +353,21 @@ class _Producer:
         while left > 0:
             step = min(left, inst.step)
             began = time.perf_counter()
-            made: list[Any] = []
-            try:
-                if self.config.on_error == "skip":
-                    ended = self.pull_skipping(inst, step, made)
-                else:
-                    source = itertools.islice(inst.iterator, step)
-                    made.extend(source if transform is None else map(transform, source))
-                    ended = len(made) < step
-            finally:
-                # what came before a failing sample stays ready, and `produced` then names the failing one
-                inst.ready.extend(made)
-                inst.produced += len(made)
+            if self.config.on_error == "skip":
+                ended = self.pull_skipping(inst, step)
+            else:
+                # Each sample lands in `ready` as it is made (deque.extend appends one by one), counted at C
+                # speed by zip's pull on `counter`; a stream that stalls mid-step holds back nothing it made.
+                counter = itertools.count()
+                source = itertools.islice(inst.iterator, step)
+                try:
+                    inst.ready.extend(map(_FIRST, zip(source if transform is None else map(transform, source),
+                                                      counter, strict=False)))
+                finally:
+                    # what came before a failing sample stays ready, and `produced` then names the failing one
+                    made = next(counter)
+                    inst.produced += made
+                ended = made < step
             if ended:
                 inst.ended = True
                 return
@@ -353,8 +380,8 @@ class _Producer:
             if now - start > CHUNK_SECONDS:
                 return
 
-    def pull_skipping(self, inst: _Instance, step: int, made: list[Any]) -> bool:
-        """Append up to `step` samples to `made`, dropping (and counting) those whose code raises; True at the end."""
+    def pull_skipping(self, inst: _Instance, step: int) -> bool:
+        """Make up to `step` samples ready, dropping (and counting) those whose code raises; True at the end."""
         transform = self.config.transform
         for _ in range(step):
             try:
@@ -370,7 +397,8 @@ class _Producer:
                 except Exception:
                     self.count_skipped()
                     continue
-            made.append(sample)
+            inst.ready.append(sample)
+            inst.produced += 1
         return False
 
     def count_skipped(self) -> None:
@@ -428,7 +456,7 @@ class _Writer:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
         while self.running:
-            events = dict(poller.poll(PARENT_CHECK_MS))
+            events = dict(poller.poll(MID_STEP_MS if self.producer.current is not None else PARENT_CHECK_MS))
             if not events and not parent_alive(self.config.parent_pid):
                 return
             if self.sock in events:
@@ -499,7 +527,14 @@ class _Writer:
 
     def report(self) -> None:
         """One message for the mux: failures, skipped samples, what was made ready, and the slots written."""
-        produced, skipped, failures = self.producer.news()
+        changed, skipped, failures = self.producer.news()
+        produced = []
+        for inst in changed:
+            ended = inst.ended  # read first: once it is set, every sample of the instance is in `ready`
+            ready = inst.first + len(inst.ready)
+            if ready > inst.reported or ended:
+                inst.reported = ready
+                produced.append([inst.iid, ready, ended])
         messages = [*failures]
         if skipped:
             messages.append(Skipped(skipped))
@@ -548,6 +583,7 @@ class _Writer:
                 ready = inst.ready
                 rows_by_part.append(rows)
                 samples += [ready.popleft() for _ in range(len(rows))]
+                inst.first += len(rows)
                 names.append(f"stream {inst.name}")
                 if len(ready) <= inst.window // 2 and not inst.finished:
                     self.producer.commands.put(("want", inst.iid, 0))
@@ -581,8 +617,14 @@ class _Writer:
 
 
 def worker_main(config: WorkerConfig) -> None:
-    """Entry point of a worker process. Ctrl-C is the trainer's to handle: workers ignore SIGINT."""
+    """Entry point of a worker process. Ctrl-C is the trainer's to handle: workers ignore SIGINT.
+
+    Once the trainer is gone the worker leaves with os._exit: a producer thread, or a
+    volume loader's fetch thread, may be stuck in user code, and a normal exit would
+    wait for them for ever.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(config.parent_pid, config.die_by_signal)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, b"w%d" % config.worker_id)
@@ -599,3 +641,5 @@ def worker_main(config: WorkerConfig) -> None:
         worker.close()
         sock.close(0)
         ctx.term()
+        if not parent_alive(config.parent_pid):
+            os._exit(0)

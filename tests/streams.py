@@ -155,3 +155,23 @@ def stalls_on_second_activation(seconds):
     while True:
         yield {"y": np.int64(i)}
         i += 1
+
+
+def hog_gil_at(n, at):
+    """Yields until `at`, then runs C code that holds the GIL for hours (no Python thread can run)."""
+    for i in range(n):
+        if i == at:
+            sum(range(10**14))
+        yield {"y": np.int64(i)}
+
+
+def blocked_with_a_thread_at(n, at):
+    """Yields until `at`, then waits for ever on a non-daemon thread that waits for ever (a stuck fetch)."""
+    import threading
+
+    for i in range(n):
+        if i == at:
+            stuck = threading.Thread(target=threading.Event().wait)
+            stuck.start()
+            stuck.join()
+        yield {"y": np.int64(i)}

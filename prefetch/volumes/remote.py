@@ -6,7 +6,7 @@ and raises FetchError naming the address and the last cause after the last retry
 A transfer that delivers fewer than STALL_BYTES in STALL_S seconds counts as failed,
 so a server trickling a byte every few seconds cannot hold a worker for ever.
 
-HTTP connections are kept per thread and host and reused across files. S3 uses one
+Kept-alive HTTP connections are shared by the threads of a process and reused across files. S3 uses one
 boto3 client per process (boto3 documents clients, not sessions, as thread-safe),
 created on first use and again after a fork.
 """
@@ -72,26 +72,31 @@ def _watched(parts: Iterator[bytes]) -> Iterator[bytes]:
 
 # --- HTTP ---------------------------------------------------------------------------------------------------
 
-_connections = threading.local()
+MAX_IDLE = 16
+"""Idle kept-alive connections kept per host, shared by every thread of the process."""
+
+_idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
+_idle_lock = threading.Lock()
+os.register_at_fork(after_in_child=_idle.clear)  # a child opens its own connections
 
 
-def _connection(scheme: str, netloc: str) -> http.client.HTTPConnection:
-    """This thread's kept-alive connection to a host, made on first use."""
-    pool = getattr(_connections, "pool", None)
-    if pool is None or _connections.pid != os.getpid():
-        pool = _connections.pool = {}
-        _connections.pid = os.getpid()
-    key = (scheme, netloc)
-    if key not in pool:
-        kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-        pool[key] = kind(netloc, timeout=TIMEOUT_S)
-    return pool[key]
+def _take(scheme: str, netloc: str) -> http.client.HTTPConnection:
+    """An idle kept-alive connection to the host, or a new one."""
+    with _idle_lock:
+        idle = _idle.get((scheme, netloc))
+        if idle:
+            return idle.pop()
+    kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    return kind(netloc, timeout=TIMEOUT_S)
 
 
-def _drop(scheme: str, netloc: str) -> None:
-    connection = _connections.pool.pop((scheme, netloc), None)
-    if connection is not None:
-        connection.close()
+def _give_back(scheme: str, netloc: str, connection: http.client.HTTPConnection) -> None:
+    with _idle_lock:
+        idle = _idle.setdefault((scheme, netloc), [])
+        if len(idle) < MAX_IDLE:
+            idle.append(connection)
+            return
+    connection.close()
 
 
 def _http_opener(url: str) -> Callable[[int], Iterator[bytes]]:
@@ -101,9 +106,9 @@ def _http_opener(url: str) -> Callable[[int], Iterator[bytes]]:
     target = quote(parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def attempt(offset: int) -> Iterator[bytes]:
-        done = False
+        reusable = False
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        connection = _connection(parts.scheme, parts.netloc)
+        connection = _take(parts.scheme, parts.netloc)
         try:
             try:
                 reused = connection.sock is not None
@@ -113,8 +118,7 @@ def _http_opener(url: str) -> Callable[[int], Iterator[bytes]]:
                 except (OSError, http.client.HTTPException):
                     if not reused:
                         raise
-                    _drop(parts.scheme, parts.netloc)  # the server closed an idle kept-alive connection
-                    connection = _connection(parts.scheme, parts.netloc)
+                    connection.close()  # the server closed an idle kept-alive connection; one more try at once
                     connection.request("GET", target, headers=headers)
                     response = connection.getresponse()
             except (OSError, http.client.HTTPException) as exc:
@@ -124,7 +128,7 @@ def _http_opener(url: str) -> Callable[[int], Iterator[bytes]]:
                 raise _Retry(f"the server answered {response.status} {response.reason}")
             if response.status not in (200, 206):
                 response.read()
-                done = True
+                reusable = not response.will_close
                 raise FetchError(f"cannot read {url}: the server answered {response.status} {response.reason}")
             skip = offset if response.status == 200 else 0
             expected = response.getheader("Content-Length")
@@ -140,10 +144,12 @@ def _http_opener(url: str) -> Callable[[int], Iterator[bytes]]:
                 raise _Retry(f"{type(exc).__name__}: {exc}") from None
             if expected is not None and received != int(expected):
                 raise _Retry(f"the response ended after {received} of {expected} bytes")
-            done = not response.will_close
+            reusable = not response.will_close
         finally:
-            if not done:
-                _drop(parts.scheme, parts.netloc)
+            if reusable:
+                _give_back(parts.scheme, parts.netloc, connection)
+            else:
+                connection.close()
 
     return attempt
 
