@@ -57,6 +57,10 @@ class SlotsExhaustedError(PrefetchError):
     """The trainer holds views of every shared-memory slot, so no batch can be filled."""
 
 
+class SharedMemoryError(PrefetchError):
+    """/dev/shm cannot hold the pool's slots; the message gives the sizes and how to make room."""
+
+
 class PoolStartError(PrefetchError):
     """A pool could not start its processes (the system refused them); nothing is left running."""
 

@@ -422,7 +422,9 @@ class Pool:
         opts = self.options
         offsets, slot_bytes = schema.layout(opts.batch_size)
         name = _shm.new_name()
-        self._res.shm = _shm.Segment(name, slot_bytes * opts.prefetch)
+        self._res.shm = _shm.Segment(name, slot_bytes * opts.prefetch,
+                                     f"the pool's {opts.prefetch} slots of {opts.batch_size} rows "
+                                     f"({slot_bytes / 1e6:,.1f} MB each)")
         self._schema = schema
         self._layout = (offsets, slot_bytes)
         return Segment(name, schema.to_wire(), offsets, slot_bytes, opts.prefetch, opts.batch_size)

@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--plot", metavar="FILE.png", help="draw samples/s against workers (needs matplotlib)")
     volume_cli.add_parser(commands)
-    doctor = commands.add_parser("doctor", help="list (and with --clean remove) shared memory left by dead pools")
+    doctor = commands.add_parser("doctor", help="show /dev/shm's size and use; list (and with --clean remove) "
+                                               "shared memory left by dead pools")
     doctor.add_argument("--clean", action="store_true", help="unlink the segments listed")
     return parser
 
@@ -31,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
 def _doctor(clean: bool) -> int:
     from . import _shm
 
+    room = _shm.usage()
+    if room is not None:
+        free, total = room
+        live = _shm.segments()
+        ours = sum((_shm.SHM_DIR / name).stat().st_size for name in live if (_shm.SHM_DIR / name).exists())
+        print(f"{_shm.SHM_DIR}: {total / 1e6:,.0f} MB, {(total - free) / 1e6:,.0f} MB used ({ours / 1e6:,.0f} MB "
+              f"by {len(live)} prefetch segment(s)), {free / 1e6:,.0f} MB free")
+        if total < 1e9:
+            print("  that is small for training (Docker's default is 64 MB): docker run --shm-size=8g, or --ipc=host")
     stale = _shm.stale_segments()
     if not stale:
         print("no shared memory left by dead pools")

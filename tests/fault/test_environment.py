@@ -132,3 +132,58 @@ def test_a_stream_that_stalls_still_delivers_every_batch_it_made():
             for batch in pool:
                 got.extend(int(y) for y in batch["y"])
         assert got == list(range(96))
+
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_live_segment_of_another_pid_namespace_is_never_swept(tmp_path):
+    """A pool in another container sharing /dev/shm: its owner pid means nothing here, but it holds the lock."""
+    from prefetch import _shm
+    from prefetch.cli import main
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    name = f"{_shm.PREFIX}{dead.pid}_0therns"
+    path = _shm.SHM_DIR / name
+    path.write_bytes(b"\0" * 4096)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert name not in _shm.sweep()
+        assert main(["doctor", "--clean"]) == 0
+        with Pool(Streamer(streams.numbered, 0, 16), batch_size=8, workers=1) as pool:
+            assert len(list(pool)) == 2
+        assert path.exists(), "a live segment was removed"
+    finally:
+        holder.kill()
+        holder.wait(5)
+        holder.stdout.close()
+    assert name in _shm.sweep(), "once its holder is gone the segment is stale"
+    assert not path.exists()
+
+
+def big_sample(n):
+    import numpy as np
+
+    for _ in range(n):
+        yield {"x": np.zeros(1 << 20, np.float32)}
+
+
+def test_too_little_shared_memory_is_a_named_error_with_the_fix():
+    from prefetch import SharedMemoryError
+    from prefetch import _shm
+
+    free, _ = _shm.usage()
+    batch = int(free * 1.5 / (4 << 20) / 2) + 1
+    with Pool(Streamer(big_sample, 10), batch_size=batch, workers=1, prefetch=2) as pool:
+        with pytest.raises(SharedMemoryError, match=r"needs [\d,]+ MB of shared memory, but /dev/shm has [\d,]+ MB "
+                                                    r"free.*--shm-size"):
+            next(iter(pool))
+    assert not _shm.segments()
