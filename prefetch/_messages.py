@@ -21,7 +21,7 @@ import msgpack
 
 from ._errors import PrefetchError
 
-VERSION = 2
+VERSION = 3
 _PICKLED = 1
 
 
@@ -110,7 +110,11 @@ class Reset(Message):
 
 @_message(FromTrainer.SEGMENT, ToWorker.SEGMENT)
 class Segment(Message):
-    """The shared-memory slots exist: `slots` slots of `slot_bytes`, fields at `offsets` for `batch_size` rows."""
+    """Slots `first` .. `first + slots - 1` live in segment `name`: each `slot_bytes`, fields at `offsets`.
+
+    The first segment (first=0) comes once the schema is known; later ones when the
+    trainer keeps more batches than there are slots and the arena grows.
+    """
 
     name: str
     schema: list[Any]
@@ -118,6 +122,7 @@ class Segment(Message):
     slot_bytes: int
     slots: int
     batch_size: int
+    first: int
 
 
 @_message(ToWorker.OPEN)

@@ -61,6 +61,7 @@ from ._mux import BaseMux, check_weights
 from ._muxproc import Leaves, MuxConfig, mux_main
 from ._process import derive_seed
 from ._schema import Schema
+from ._sizes import parse_size
 from ._streamer import Streamer
 from ._walk import BLOCK
 from ._worker import RECONNECT_MS, WorkerConfig, worker_main
@@ -91,7 +92,8 @@ class PoolOptions:
     Attributes:
         batch_size: rows per batch.
         workers: worker processes.
-        prefetch: shared-memory slots, i.e. batches in flight or held by the trainer.
+        prefetch: shared-memory slots to start with, i.e. batches in flight or held by the trainer.
+        shm_limit: bytes the slots may grow to when the trainer keeps batches (None: half of /dev/shm).
         seed: root of every seed in the pool (mux policies, stream activations, replicas).
         last_batch: "partial" (a shorter last batch), "drop", or "pad" (full size; `batch.size` rows valid).
         on_error: "raise" (WorkerError in the trainer) or "skip" (drop the sample, count it in stats()).
@@ -113,6 +115,7 @@ class PoolOptions:
     start_method: str
     rank: int = 0
     world_size: int = 1
+    shm_limit: int | None = None
 
     def __post_init__(self) -> None:
         for name, minimum in (("batch_size", 1), ("workers", 1), ("prefetch", 1), ("max_restarts", 0), ("rank", 0),
@@ -251,7 +254,7 @@ class _Resources:
         self.processes: list[tuple[str, Any]] = []
         self.ctx: zmq.Context | None = None
         self.sock: zmq.Socket | None = None
-        self.shm: Any = None
+        self.segments: list[_shm.Segment] = []
         self.ipc_dir: str | None = None
 
     def shutdown(self) -> None:
@@ -278,9 +281,9 @@ class _Resources:
         if self.ctx is not None:
             self.ctx.term()
             self.ctx = None
-        if self.shm is not None:
-            self.shm.unlink()
-            self.shm = None
+        for segment in self.segments:
+            segment.unlink()
+        self.segments = []
         if self.ipc_dir is not None:
             shutil.rmtree(self.ipc_dir, ignore_errors=True)
             self.ipc_dir = None
@@ -312,7 +315,8 @@ class Pool:
                  seed: int | None = None, transform: Callable[[Any], Any] | None = None, schema: Any = None,
                  last_batch: str = "partial", on_error: str = "raise", timeout: float | None = None,
                  max_restarts: int = 3, state: dict[str, Any] | None = None, rank: int | None = None,
-                 world_size: int | None = None, start_method: str | None = None) -> None:
+                 world_size: int | None = None, start_method: str | None = None,
+                 shm_limit: int | str | None = None) -> None:
         self._res = _Resources()
         self._closed = True
         self._owner = os.getpid()
@@ -321,7 +325,8 @@ class Pool:
         self._init = (source, {"batch_size": batch_size, "workers": workers, "prefetch": prefetch, "seed": seed,
                                "transform": transform, "schema": schema, "last_batch": last_batch,
                                "on_error": on_error, "timeout": timeout, "max_restarts": max_restarts,
-                               "rank": rank, "world_size": world_size, "start_method": start_method})
+                               "rank": rank, "world_size": world_size, "start_method": start_method,
+                               "shm_limit": shm_limit})
         if not isinstance(source, Streamer):
             raise ArgumentError(f"Pool: source must be a prefetch.Streamer or a mux, got {type(source).__name__}")
         if seed is not None:
@@ -339,6 +344,7 @@ class Pool:
             prefetch=prefetch if prefetch is not None else default_prefetch(n_workers),
             seed=seed_value, last_batch=last_batch, on_error=on_error, timeout=timeout, max_restarts=max_restarts,
             start_method=start_method or default_start_method(), rank=rank, world_size=world_size,
+            shm_limit=parse_size(shm_limit, "Pool: shm_limit"),
         )
         self.options = options
         self._schema = Schema.coerce(schema) if schema is not None else None
@@ -363,6 +369,10 @@ class Pool:
         worker_endpoint = f"ipc://{res.ipc_dir}/w"
         trainer_endpoint = f"ipc://{res.ipc_dir}/t"
         self._layout: tuple[list[int], int] | None = None
+        self._slots = opts.prefetch
+        """Slots in the arena now: `prefetch` at first, more while the trainer keeps batches (up to shm_limit)."""
+        self._places: list[tuple[Any, int]] = []
+        """Each slot's mapping and byte offset in it."""
         segment = self._create_segment(self._schema) if self._schema is not None else None
         self._mp = multiprocessing.get_context(opts.start_method)
         me = os.getpid()
@@ -421,13 +431,41 @@ class Pool:
     def _create_segment(self, schema: Schema) -> Segment:
         opts = self.options
         offsets, slot_bytes = schema.layout(opts.batch_size)
-        name = _shm.new_name()
-        self._res.shm = _shm.Segment(name, slot_bytes * opts.prefetch,
-                                     f"the pool's {opts.prefetch} slots of {opts.batch_size} rows "
-                                     f"({slot_bytes / 1e6:,.1f} MB each)")
         self._schema = schema
         self._layout = (offsets, slot_bytes)
-        return Segment(name, schema.to_wire(), offsets, slot_bytes, opts.prefetch, opts.batch_size)
+        return self._add_segment(0, opts.prefetch)
+
+    def _add_segment(self, first: int, count: int) -> Segment:
+        """Create a segment for slots first .. first + count - 1; the message that announces it."""
+        opts = self.options
+        offsets, slot_bytes = self._layout
+        segment = _shm.Segment(_shm.new_name(), slot_bytes * count,
+                               f"the pool's {count} {'more ' if first else ''}slots of {opts.batch_size} rows "
+                               f"({slot_bytes / 1e6:,.1f} MB each)")
+        self._res.segments.append(segment)
+        self._places += [(segment.mapping, i * slot_bytes) for i in range(count)]
+        return Segment(segment.name, self._schema.to_wire(), offsets, slot_bytes, count, opts.batch_size, first)
+
+    def _shm_limit(self) -> int:
+        """Bytes the slots may take: shm_limit, else half of /dev/shm (never less than the first slots)."""
+        first = self._layout[1] * self.options.prefetch
+        if self.options.shm_limit is not None:
+            return max(first, self.options.shm_limit)
+        room = _shm.usage()
+        return max(first, room[1] // 2 if room else 8 * first)
+
+    def _grow(self) -> None:
+        """The trainer holds every slot: double them (within shm_limit) or raise SlotsExhaustedError."""
+        slot_bytes = self._layout[1]
+        limit = self._shm_limit()
+        count = min(self._slots, limit // slot_bytes - self._slots)
+        if count < 1:
+            raise SlotsExhaustedError(
+                f"the trainer holds all {self._slots} shared-memory slots ({self._slots * slot_bytes / 1e6:,.0f} MB; "
+                f"shm_limit is {limit / 1e6:,.0f} MB), so no batch can be filled; copy the arrays you keep "
+                "(np.array(batch['x'])), call batch.release(), or raise Pool(shm_limit=...)")
+        self._send(self._add_segment(self._slots, count))
+        self._slots += count
 
     # --- messages ---------------------------------------------------------------------------------
 
@@ -449,15 +487,11 @@ class Pool:
         deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
         while True:
             self._flush_frees()
-            if self._held >= self.options.prefetch:
+            if self._held >= self._slots:
                 gc.collect()
                 self._flush_frees()
-                if self._held >= self.options.prefetch and not sock.poll(POLL_MS):
-                    raise SlotsExhaustedError(
-                        f"the trainer holds all {self.options.prefetch} shared-memory slots (batches or views of "
-                        "them are still alive), so no batch can be filled; copy the arrays you keep "
-                        "(np.array(batch['x'])), call batch.release(), or raise Pool(prefetch=...)"
-                    )
+                if self._held >= self._slots:
+                    self._grow()
             if time.monotonic() >= self._next_check:
                 self._check_processes()
             if self._closed:  # another thread closed the pool while this one waited
@@ -575,7 +609,8 @@ class Pool:
 
     def _batch(self, slot: int, seq: int, epoch: int, index: int, rows: int, objects: list[list[Any]]) -> Batch:
         offsets, slot_bytes = self._layout
-        holder, release = self._releases.views(self._res.shm.mapping, slot * slot_bytes, slot_bytes, slot)
+        mapping, offset = self._places[slot]
+        holder, release = self._releases.views(mapping, offset, slot_bytes, slot)
         self._held += 1
         self._last_seq, self._last_epoch, self._last_index = seq, epoch, index
         self._delivered += 1
@@ -667,8 +702,9 @@ class Pool:
             "slots": {
                 "free": mux["slots_free"],
                 "filling": mux["slots_filling"],
-                "ready": max(0, self.options.prefetch - mux["slots_free"] - mux["slots_filling"] - self._held),
+                "ready": max(0, self._slots - mux["slots_free"] - mux["slots_filling"] - self._held),
                 "held": self._held,
+                "total": self._slots,
             },
             "epoch": mux["epoch"],
             "restarts": self._restarts,

@@ -436,7 +436,7 @@ class _Writer:
         """FILLs, CLOSEs, SKIPs and DESCRIBEs, done in order: a FILL waits for its samples, a SKIP for the producer."""
         self.writer: RowWriter | None = None
         self.slot_arrays: list[list[np.ndarray | None]] = []
-        self.mapping: Any = None
+        self.mappings: list[Any] = []
         self.busy = 0.0
         self.synced = False
         self.filled: list[list[Any]] = []
@@ -549,11 +549,17 @@ class _Writer:
             self.send(messages)
 
     def attach(self, segment: Segment) -> None:
+        """Map a segment of the arena: the first one (with the schema), or one that the arena grew by."""
         schema = Schema.from_wire(segment.schema)
-        self.writer = RowWriter(schema)
-        self.mapping = _shm.attach(segment.name)
-        self.slot_arrays = [schema.views(self.mapping, s * segment.slot_bytes, segment.offsets, segment.batch_size)
-                            for s in range(segment.slots)]
+        if segment.first == 0:
+            self.writer = RowWriter(schema)
+            self.slot_arrays = []
+        if segment.first != len(self.slot_arrays):
+            raise PrefetchError(f"segment of slots from {segment.first} arrived after {len(self.slot_arrays)} slots")
+        mapping = _shm.attach(segment.name)
+        self.mappings.append(mapping)
+        self.slot_arrays += [schema.views(mapping, s * segment.slot_bytes, segment.offsets, segment.batch_size)
+                             for s in range(segment.slots)]
 
     def fill(self, slot: int, parts: list[list[Any]]) -> bool:
         """Write a slot's samples into their rows (all parts at once, in row order); False while some are not made.
@@ -611,9 +617,9 @@ class _Writer:
         self.producer.commands.put(("stop",))
         self.slot_arrays = []
         self.writer = None
-        if self.mapping is not None:
+        for mapping in self.mappings:
             with contextlib.suppress(BufferError):
-                self.mapping.close()
+                mapping.close()
 
 
 def worker_main(config: WorkerConfig) -> None:

@@ -114,14 +114,14 @@ def test_nested_muxes_and_generated_streamers_run_in_workers():
 def test_batch_arrays_are_views_over_the_shared_segment():
     with Pool(Streamer(streams.endless, 1, 256), batch_size=8, workers=1) as pool:
         batch = next(iter(pool))
-        segment = np.frombuffer(pool._res.shm.mapping, np.uint8)
+        segment = np.frombuffer(pool._res.segments[0].mapping, np.uint8)
         lo = segment.ctypes.data
         hi = lo + segment.nbytes
         for array in (batch["x"], batch["y"]):
             assert not array.flags.owndata
             assert lo <= array.ctypes.data < hi
             assert array.ctypes.data + array.nbytes <= hi
-        assert os.path.exists(f"/dev/shm/{pool._res.shm.name}")
+        assert os.path.exists(f"/dev/shm/{pool._res.segments[0].name}")
         del segment
 
 
@@ -136,14 +136,41 @@ def test_a_kept_view_never_changes_while_iteration_goes_on():
         assert pool.stats()["slots"]["held"] >= 1
 
 
-def test_holding_every_slot_raises_instead_of_hanging():
-    with Pool(Streamer(streams.endless, 0), batch_size=4, workers=1, prefetch=2) as pool:
+def test_holding_every_slot_past_the_limit_raises_instead_of_hanging():
+    with Pool(Streamer(streams.endless, 0), batch_size=4, workers=1, prefetch=2, shm_limit=1) as pool:
         it = iter(pool)
         held = [next(it), next(it)]
-        with pytest.raises(SlotsExhaustedError, match="holds all 2 shared-memory slots"):
+        with pytest.raises(SlotsExhaustedError, match=r"holds all 2 shared-memory slots .*shm_limit"):
             next(it)
         held[0].release()
         assert next(it).size == 4
+
+
+def test_keeping_batches_grows_the_slots_and_every_kept_batch_stays_intact():
+    with Pool(Streamer(streams.numbered, 0, 400), batch_size=8, workers=2) as pool:
+        batches = list(pool)
+        assert pool.stats()["slots"]["total"] >= 50
+        assert [int(y) for b in batches for y in b["y"]] == list(range(400))
+        first_segment = pool._res.segments[0].name
+    assert not os.path.exists(f"/dev/shm/{first_segment}")
+
+
+def test_growth_stops_at_shm_limit_and_a_restarted_worker_writes_into_grown_slots():
+    with Pool(Streamer(streams.numbered, 0, 10**6), batch_size=4, workers=1, prefetch=2) as pool:
+        it = iter(pool)
+        kept = [next(it) for _ in range(9)]
+        slot_bytes = pool._layout[1]
+        assert pool.stats()["slots"]["total"] == 16
+        os.kill(pool._res.processes[1][1].pid, 9)
+        more = [next(it) for _ in range(20)]
+        assert [int(y) for b in kept + more for y in b["y"]] == list(range(29 * 4))
+        assert pool.stats()["slots"]["total"] == 32 and len(pool._res.segments) == 5
+    with Pool(Streamer(streams.numbered, 0, 10**6), batch_size=4, workers=1, prefetch=2,
+              shm_limit=4 * slot_bytes) as pool:
+        it = iter(pool)
+        kept = [next(it) for _ in range(4)]
+        with pytest.raises(SlotsExhaustedError, match="holds all 4 shared-memory slots"):
+            next(it)
 
 
 def test_keeping_every_batch_of_an_epoch_that_fills_every_slot_still_ends_it():

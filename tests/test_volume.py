@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefetch import FetchError, QuerySyntaxError, Volume, VolumeError
-from prefetch.volumes.cache import Cache, parse_size
+from prefetch._sizes import parse_size
+from prefetch.volumes.cache import Cache
 from prefetch.volumes.query import Query
 from prefetch.volumes.selection import select
 

@@ -100,7 +100,8 @@ class MuxProcess:
         self.planner = Planner(config.source, config.leaves, self.instances, config.batch_size, config.last_batch,
                                slot_rows, weights)
         self.slots = SlotTable(config.slots)
-        self.segment = config.segment
+        self.segments: list[Segment] = [] if config.segment is None else [config.segment]
+        """The arena's segments in slot order: the first, then those the trainer added to keep more batches."""
         self.described = config.segment is not None
         self.planned: Plan | None = None
         self.snapshots: dict[int, dict[str, Any] | None] = {}
@@ -135,7 +136,7 @@ class MuxProcess:
         """Send what the tables queued: FILLs and CLOSEs once the segment exists, READY and END always."""
         for worker, iids in self.instances.take_closed().items():
             self.links.close_instances(worker, iids)
-        self.links.flush(self.segment is not None)
+        self.links.flush(bool(self.segments))
         for message in self.slots.outbox:
             self.to_trainer(message)
         self.slots.outbox.clear()
@@ -168,7 +169,9 @@ class MuxProcess:
         if isinstance(message, Free):
             self.slots.release(message.slots)
         elif isinstance(message, Segment):
-            self.segment = message
+            if message.first:
+                self.slots.add(message.first, message.slots)
+            self.segments.append(message)
             for worker in sorted(self.links.up):
                 self.links.send(worker, message)
         elif isinstance(message, NextEpoch):
@@ -190,8 +193,8 @@ class MuxProcess:
         identical), and every FILL it owes, in order.
         """
         self.links.send(worker, Reset(generation))
-        if self.segment is not None:
-            self.links.send(worker, self.segment)
+        for segment in self.segments:
+            self.links.send(worker, segment)
         for inst in self.instances.hosted_by(worker):
             inst.requested = inst.filled
             self.links.send(worker, dataclasses.replace(inst.open, skip=inst.filled))
@@ -322,8 +325,9 @@ def mux_main(config: MuxConfig) -> None:
             proc.links.send(worker, Stop())
         with contextlib.suppress(zmq.ZMQError):
             proc.links.flush(False)
-        if not parent_alive(config.parent_pid) and proc.segment is not None:
-            _shm.unlink(proc.segment.name)
+        if not parent_alive(config.parent_pid):
+            for segment in proc.segments:
+                _shm.unlink(segment.name)
         proc.links.close()
         proc.trainer.close(0)
         ctx.term()

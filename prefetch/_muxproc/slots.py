@@ -51,6 +51,10 @@ class SlotTable:
         self.epoch_ends: dict[int, tuple[int, int]] = {}
         self.outbox: list[Message] = []
 
+    def add(self, first: int, count: int) -> None:
+        """The arena grew: slots first .. first + count - 1 are new and free."""
+        self.free.extend(range(first, first + count))
+
     def assign(self, filling: Filling) -> int:
         """Put a planned batch into a free slot (the caller checked there is one); the slot."""
         slot = self.free.popleft()

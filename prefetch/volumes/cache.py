@@ -6,18 +6,13 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._errors import ArgumentError
 from .errors import VolumeError
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
-          "GIB": 2**30, "TIB": 2**40}
 
 
 def default_cache_dir() -> Path:
@@ -26,16 +21,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["PREFETCH_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "prefetch"
-
-
-def parse_size(limit: int | str | None) -> int | None:
-    """Bytes from an int or a string such as "500MB" or "2GiB"; None for no limit."""
-    if limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
-        return limit
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B?)\s*", str(limit).upper())
-    if m is None or isinstance(limit, bool):
-        raise ArgumentError(f"cache_limit must be a positive number of bytes or a size like '500MB', got {limit!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
 VERIFIED_MTIME_NS = 946_684_800 * 10**9

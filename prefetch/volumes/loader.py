@@ -23,9 +23,10 @@ import numpy as np
 from .._batch import Batch
 from .._errors import ArgumentError, check_int
 from .._pool import Pool, resolve_rank
+from .._sizes import parse_size
 from .._streamer import Streamer
 from .._worker_info import worker_info
-from .cache import Held, parse_size
+from .cache import Held
 from .errors import FetchError
 from .selection import PHASES, DataPoint
 from .store import Source, Volume

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._sizes import parse_size
 from . import remote
-from .cache import Cache, Held, default_cache_dir, parse_size
+from .cache import Cache, Held, default_cache_dir
 from .errors import CorruptIndexError, VolumeError
 from .index import Index, check_index_file, check_metadata
 from .names import check_hash, check_name

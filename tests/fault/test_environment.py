@@ -177,13 +177,12 @@ def big_sample(n):
 
 
 def test_too_little_shared_memory_is_a_named_error_with_the_fix():
-    from prefetch import SharedMemoryError
-    from prefetch import _shm
+    from prefetch import SharedMemoryError, _shm
 
     free, _ = _shm.usage()
     batch = int(free * 1.5 / (4 << 20) / 2) + 1
-    with Pool(Streamer(big_sample, 10), batch_size=batch, workers=1, prefetch=2) as pool:
-        with pytest.raises(SharedMemoryError, match=r"needs [\d,]+ MB of shared memory, but /dev/shm has [\d,]+ MB "
-                                                    r"free.*--shm-size"):
-            next(iter(pool))
+    too_small = r"needs [\d,]+ MB of shared memory, but /dev/shm has [\d,]+ MB free.*--shm-size"
+    with Pool(Streamer(big_sample, 10), batch_size=batch, workers=1, prefetch=2) as pool, \
+            pytest.raises(SharedMemoryError, match=too_small):
+        next(iter(pool))
     assert not _shm.segments()

@@ -132,7 +132,7 @@ from tests import streams
 pool = prefetch.Pool(prefetch.Streamer(streams.endless, 0), batch_size=8, workers=2)
 it = iter(pool)
 next(it)
-print(pool._res.shm.name, *[p.pid for _, p in pool._res.processes], flush=True)
+print(pool._res.segments[0].name, *[p.pid for _, p in pool._res.processes], flush=True)
 time.sleep(120)
 """
 
@@ -219,7 +219,7 @@ import prefetch, sys
 from tests import streams
 pool = prefetch.Pool(prefetch.Streamer(streams.endless, 0), batch_size=8, workers=2)
 next(iter(pool))
-print(pool._res.shm.name, *[p.pid for _, p in pool._res.processes], flush=True)
+print(pool._res.segments[0].name, *[p.pid for _, p in pool._res.processes], flush=True)
 """
 
 INTERRUPTED = """
@@ -229,7 +229,7 @@ with prefetch.Pool(prefetch.Streamer(streams.endless, 0), batch_size=8, workers=
     first = True
     for batch in pool:
         if first:
-            print(pool._res.shm.name, *[p.pid for _, p in pool._res.processes], flush=True)
+            print(pool._res.segments[0].name, *[p.pid for _, p in pool._res.processes], flush=True)
             first = False
 """
 
