@@ -32,6 +32,8 @@ from ._errors import SharedMemoryError
 
 try:
     import fcntl
+
+    from ._locks import unused
 except ImportError:  # not on Windows, which has no /dev/shm to sweep either
     fcntl = None
 
@@ -159,23 +161,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _locked(path: Path) -> bool:
-    """Whether a live process holds the owner's lock on a segment (or it cannot be checked)."""
+def _in_use(path: Path) -> bool:
+    """Whether a live process holds the owner's lock on a segment (a segment that vanished counts as in use)."""
     if fcntl is None:
         return False
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return True
+        with unused(path) as free:
+            return free is not True
     except OSError:
         return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def segments() -> list[str]:
@@ -190,7 +184,7 @@ def stale_segments() -> list[str]:
     found = []
     for name in segments():
         pid = owner_pid(name)
-        if pid is not None and not _alive(pid) and not _locked(SHM_DIR / name):
+        if pid is not None and not _alive(pid) and not _in_use(SHM_DIR / name):
             found.append(name)
     return found
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._locks import unused
 from .errors import VolumeError
 
 
@@ -47,20 +48,11 @@ class Held:
 
 def _remove_unless_locked(path: Path) -> bool:
     """Unlink `path` unless some process holds a lock on it (a reader's hold or a live download)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return True
-    finally:
-        os.close(fd)
+    with unused(path) as free:
+        if free:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return bool(free)
 
 
 class Cache:
