@@ -351,7 +351,8 @@ def test_stats_report_streams_batches_and_slots():
     assert sum(stats["samples"].values()) >= 320
     assert set(stats["worker_busy_fraction"]) <= {0, 1}
     assert 0.0 <= stats["trainer_wait_fraction"] <= 1.0
-    assert sum(stats["slots"].values()) == 6
+    slots = stats["slots"]
+    assert slots["total"] == 6 and slots["free"] + slots["filling"] + slots["ready"] + slots["held"] == 6
 
 
 # --- lifecycle -----------------------------------------------------------------------------------------------
