@@ -24,14 +24,15 @@ class Batch(Mapping):
         size: rows that hold samples (smaller than the arrays' length when padded).
         index: position of the batch in its epoch.
         epoch: which epoch (pass over a finite source) the batch belongs to.
+        seq: position of the batch among all the pool's batches, epochs included.
     """
 
-    __slots__ = ("_fields", "_release", "epoch", "index", "size")
+    __slots__ = ("_fields", "_release", "epoch", "index", "seq", "size")
 
     def __init__(self, fields: dict[Any, Any], size: int, index: int, epoch: int,
-                 release: Callable[[], Any]) -> None:
+                 release: Callable[[], Any], seq: int) -> None:
         self._fields = fields
-        self.size, self.index, self.epoch = size, index, epoch
+        self.size, self.index, self.epoch, self.seq = size, index, epoch, seq
         self._release = release
 
     def __getitem__(self, key: Any) -> Any:

@@ -195,8 +195,18 @@ def default_prefetch(workers: int) -> int:
 
 
 def default_start_method() -> str:
-    """fork on Linux (starts in milliseconds; the pool forks before it creates any thread of its own), else spawn."""
-    return "fork" if sys.platform == "linux" else "spawn"
+    """fork on Linux (starts in milliseconds), else spawn; forkserver where forking this process is unsafe.
+
+    Forking copies a process's memory but only the forking thread: JAX's runtime
+    threads, or an initialised CUDA context, are left broken in the child (CUDA
+    refuses to work there; JAX warns of deadlocks). So once JAX is imported or CUDA
+    is initialised in the trainer, workers start from a clean forkserver process.
+    """
+    if sys.platform != "linux":
+        return "spawn"
+    torch = sys.modules.get("torch")
+    cuda = torch is not None and hasattr(torch, "cuda") and torch.cuda.is_initialized()
+    return "forkserver" if cuda or "jax" in sys.modules else "fork"
 
 
 @dataclass
@@ -236,15 +246,22 @@ def _check_picklable(method: str, tree: _Tree, transform: Any) -> None:
     named.append(("the source", tree.source))
     if transform is not None:
         named.append((f"transform {transform!r}", transform))
+    main_importable = hasattr(sys.modules.get("__main__"), "__file__")
     for what, obj in named:
         try:
-            pickle.dumps(obj)
+            pickled = pickle.dumps(obj)
         except Exception as exc:
             raise ArgumentError(
                 f"Pool: {what} cannot be pickled, which the {method!r} start method needs to send it to the "
                 f"worker processes ({type(exc).__name__}: {exc}). Define functions at module level, or use "
                 "start_method='fork' on Linux."
             ) from exc
+        if not main_importable and b"__main__" in pickled:
+            raise ArgumentError(
+                f"Pool: {what} refers to code defined in an interactive session or `python -c`, which processes "
+                f"started with {method!r} cannot import. Define it in a module or a script file"
+                + (", or use start_method='fork' (forking is unsafe here: JAX is imported or CUDA initialised)."
+                   if sys.platform == "linux" else "."))
 
 
 class _Resources:
@@ -255,6 +272,8 @@ class _Resources:
         self.ctx: zmq.Context | None = None
         self.sock: zmq.Socket | None = None
         self.segments: list[_shm.Segment] = []
+        self.watchers: list[tuple[Callable[[Any], None], Callable[[Any], None]]] = []
+        """(added, removing) callbacks of adapters that must know every slot mapping (to page-lock it)."""
         self.ipc_dir: str | None = None
 
     def shutdown(self) -> None:
@@ -282,8 +301,11 @@ class _Resources:
             self.ctx.term()
             self.ctx = None
         for segment in self.segments:
+            for _, removing in self.watchers:
+                removing(segment.mapping)
             segment.unlink()
         self.segments = []
+        self.watchers = []
         if self.ipc_dir is not None:
             shutil.rmtree(self.ipc_dir, ignore_errors=True)
             self.ipc_dir = None
@@ -444,7 +466,18 @@ class Pool:
                                f"({slot_bytes / 1e6:,.1f} MB each)")
         self._res.segments.append(segment)
         self._places += [(segment.mapping, i * slot_bytes) for i in range(count)]
+        for added, _ in self._res.watchers:
+            added(segment.mapping)
         return Segment(segment.name, self._schema.to_wire(), offsets, slot_bytes, count, opts.batch_size, first)
+
+    def _watch_segments(self, added: Callable[[Any], None], removing: Callable[[Any], None]) -> None:
+        """Call `added` with every slot mapping, now and as the arena grows, and `removing` before one goes.
+
+        For adapters that page-lock the slots for fast copies to a GPU (prefetch.torch).
+        """
+        self._res.watchers.append((added, removing))
+        for segment in self._res.segments:
+            added(segment.mapping)
 
     def _shm_limit(self) -> int:
         """Bytes the slots may take: shm_limit, else half of /dev/shm (never less than the first slots)."""
@@ -627,7 +660,7 @@ class Pool:
             else:
                 fields[f.key] = [row[object_index] for row in objects] + [None] * (length - rows)
                 object_index += 1
-        return Batch(fields, rows, index, epoch, release)
+        return Batch(fields, rows, index, epoch, release, seq)
 
     # --- control ----------------------------------------------------------------------------------
 
@@ -660,7 +693,15 @@ class Pool:
         those (jumping with `seek` where a stream has it). A state taken from a closed
         pool, or of nested muxes, lacks it: resuming from it replays the consumed batches.
         """
-        consumed = self._last_seq + 1
+        return self._state(self._last_seq + 1, self._last_epoch, self._last_index + 1,
+                           self._ended_through >= self._last_epoch)
+
+    @_serialized
+    def _state_through(self, batch: Batch, epoch_ended: bool) -> dict[str, Any]:
+        """The state after `batch`, for an adapter that took later batches ahead of its user (a GPU copy)."""
+        return self._state(batch.seq + 1, batch.epoch, batch.index + 1, epoch_ended)
+
+    def _state(self, consumed: int, epoch: int, index: int, epoch_ended: bool) -> dict[str, Any]:
         mux = None if self._closed else self._ask(State(consumed, None)).state
         return {
             "format": STATE_FORMAT,
@@ -669,10 +710,10 @@ class Pool:
             "workers": self.options.workers,
             "rank": self.options.rank,
             "world_size": self.options.world_size,
-            "consumed": self._last_seq + 1,
-            "epoch": self._last_epoch,
-            "index": self._last_index + 1,
-            "epoch_ended": self._ended_through >= self._last_epoch,
+            "consumed": consumed,
+            "epoch": epoch,
+            "index": index,
+            "epoch_ended": epoch_ended,
             "weights": [list(w) for w in self._weights_history],
             "mux": mux,
         }

@@ -16,9 +16,16 @@ POLL_MS = 200
 """Longest wait for a message before a child process checks that the trainer lives."""
 
 
+_parent: int | None = None
+"""This process's parent when it started: the trainer, or the forkserver process the trainer started."""
+
+
 def parent_alive(parent_pid: int) -> bool:
-    """Whether the trainer that started this process is still its parent (it is gone once we are re-parented)."""
-    return os.getppid() == parent_pid
+    """Whether this process still has the parent it started with (once re-parented, the trainer is gone).
+
+    Under the forkserver start method the parent is the server, which exits with the trainer.
+    """
+    return os.getppid() == (parent_pid if _parent is None else _parent)
 
 
 PR_SET_PDEATHSIG = 1
@@ -33,11 +40,24 @@ def die_with_parent(parent_pid: int, by_signal: bool) -> None:
     process relies on its parent check every POLL_MS, as on other systems. A parent
     that died before the request took effect is caught by the check after it.
     """
+    global _parent
     if by_signal and sys.platform == "linux":
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if not parent_alive(parent_pid):
+    _parent = os.getppid()
+    if _parent != parent_pid and not pid_alive(parent_pid):
         os._exit(0)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def derive_seed(root: int, *key: int) -> int:

@@ -29,6 +29,7 @@ from multiprocessing import shared_memory
 from pathlib import Path
 
 from ._errors import SharedMemoryError
+from ._process import pid_alive
 
 try:
     import fcntl
@@ -151,16 +152,6 @@ def owner_pid(name: str) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _in_use(path: Path) -> bool:
     """Whether a live process holds the owner's lock on a segment (a segment that vanished counts as in use)."""
     if fcntl is None:
@@ -184,7 +175,7 @@ def stale_segments() -> list[str]:
     found = []
     for name in segments():
         pid = owner_pid(name)
-        if pid is not None and not _alive(pid) and not _in_use(SHM_DIR / name):
+        if pid is not None and not pid_alive(pid) and not _in_use(SHM_DIR / name):
             found.append(name)
     return found
 

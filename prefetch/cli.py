@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--plot", metavar="FILE.png", help="draw samples/s against workers (needs matplotlib)")
+    bench.add_argument("--device", metavar="cuda[:N]",
+                       help="measure the image workload's path into this GPU instead (needs torch with CUDA)")
     volume_cli.add_parser(commands)
     doctor = commands.add_parser("doctor", help="show /dev/shm's size and use; list (and with --clean remove) "
                                                "shared memory left by dead pools")
@@ -73,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         if not workers or min(workers) < 1:
             parser.error(f"--workers needs counts >= 1, got {args.workers!r}")
         seconds = min(args.seconds, 1.0) if args.quick else args.seconds
+        if args.device:
+            from ._bench import device
+
+            results = device.run(workers[-1], seconds, args.device)
+            print(f"prefetch bench --device {args.device}: image workload, {workers[-1]} workers, {seconds:g} s each")
+            print(device.report(results))
+            return 0
         return run(names, workers, seconds, not args.quick, args.json, not args.no_progress, args.plot)
     if args.command == "doctor":
         return _doctor(args.clean)

@@ -51,7 +51,7 @@ from .._messages import (
     Weights,
 )
 from .._policy import jsonable
-from .._process import POLL_MS, parent_alive, send_while_parent_lives
+from .._process import POLL_MS, die_with_parent, parent_alive, send_while_parent_lives
 from .._streamer import Streamer
 from .instances import InstanceTable
 from .links import WorkerLinks
@@ -303,8 +303,9 @@ class MuxProcess:
 
 
 def mux_main(config: MuxConfig) -> None:
-    """Entry point of the mux process."""
+    """Entry point of the mux process (no parent-death signal: it must live to unlink the segments)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(config.parent_pid, by_signal=False)
     ctx = zmq.Context()
     proc = MuxProcess(config, ctx)
     try:
