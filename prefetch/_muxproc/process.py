@@ -103,6 +103,8 @@ class MuxProcess:
         self.segments: list[Segment] = [] if config.segment is None else [config.segment]
         """The arena's segments in slot order: the first, then those the trainer added to keep more batches."""
         self.described = config.segment is not None
+        self.describing: tuple[int, Describe] | None = None
+        """The worker asked for the first sample's schema, and the question, until the segment exists."""
         self.planned: Plan | None = None
         self.snapshots: dict[int, dict[str, Any] | None] = {}
         self.failed = False
@@ -188,9 +190,10 @@ class MuxProcess:
     def resync(self, worker: int, generation: int) -> None:
         """A worker process (first or restarted) is up: bring it to the state the mux expects of it.
 
-        RESET first (the worker ignores whatever reached it before), the segment, every
+        RESET first (the worker ignores whatever reached it before), the segments, every
         instance it hosts reopened past the samples already written (the rest come out
-        identical), and every FILL it owes, in order.
+        identical), the schema question if it died before answering, and every FILL it
+        owes, in order.
         """
         self.links.send(worker, Reset(generation))
         for segment in self.segments:
@@ -198,6 +201,8 @@ class MuxProcess:
         for inst in self.instances.hosted_by(worker):
             inst.requested = inst.filled
             self.links.send(worker, dataclasses.replace(inst.open, skip=inst.filled))
+        if not self.segments and self.describing is not None and self.describing[0] == worker:
+            self.links.send(*self.describing)  # its answer died with the worker
         for slot, parts in self.slots.owed_by(worker):
             self.links.fill(worker, slot, parts)
 
@@ -248,7 +253,8 @@ class MuxProcess:
         if not self.described:
             self.described = True
             first = min(plan.parts, key=lambda part: part[1][0])[0]
-            self.links.send(first.worker, Describe(first.iid))
+            self.describing = (first.worker, Describe(first.iid))
+            self.links.send(*self.describing)
         parts: dict[int, list[list[Any]]] = {}
         owed: dict[int, list[tuple[Any, int]]] = {}
         for inst, rows in plan.parts:

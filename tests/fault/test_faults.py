@@ -282,3 +282,13 @@ def test_a_restarted_worker_jumps_with_seek_instead_of_replaying(tmp_path):
                 kill_worker(pool, 0)
         assert pool.stats()["restarts"] == 1
     assert got == list(range(600))
+
+
+@pytest.mark.parametrize("at", [0, 1, 5])
+def test_a_worker_that_dies_before_the_schema_is_known_is_asked_again(tmp_path, at):
+    """The first batch's schema question died with the worker: its restart must be asked again, not hang."""
+    marker = str(tmp_path / "exited")
+    with Pool(Streamer(streams.exit_once_at, 100, at, marker), batch_size=8, workers=1, timeout=20) as pool:
+        got = [int(y) for b in pool for y in b["y"]]
+        assert pool.stats()["restarts"] == 1
+    assert got == list(range(100))
