@@ -153,8 +153,11 @@ def test_torch_cuda_batches_match_the_host_batches_and_resume_exactly():
 
 # --- JAX and Keras, each in a process of its own ------------------------------------------------------------
 
+needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax")
+"""Checked without importing JAX here: that would make every later pool of the session use forkserver."""
+
+@needs_jax
 def test_jax_jitted_gradient_steps_converge(tmp_path):
-    pytest.importorskip("jax")
     out = run_python("""
         import numpy as np, jax, jax.numpy as jnp, prefetch, prefetch.jax
         from prefetch import Streamer
@@ -218,8 +221,8 @@ def test_keras_fit_with_validation_over_volume_phases(tmp_path):
     assert float(last) < float(first) and float(accuracy) > 0.8
 
 
+@needs_jax
 def test_pools_default_to_forkserver_once_jax_is_imported(tmp_path):
-    pytest.importorskip("jax")
     out = run_python("""
         import prefetch
         from prefetch._pool import default_start_method
