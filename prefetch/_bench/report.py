@@ -32,6 +32,10 @@ def plan(names: list[str], workers: list[int], seconds: float, sweep: bool) -> l
             steps.append((f"{name} · prefetch x{n}",
                           lambda w=w, n=n, need=need: runners.run_prefetch(w, n, seconds, need)))
         steps.append((f"{name} · in-process", lambda w=w: runners.run_in_process(w, seconds)))
+        if _have("torch") and name == "image":
+            for n in workers:
+                steps.append((f"{name} · prefetch.torch.Loader x{n}",
+                              lambda w=w, n=n: runners.run_prefetch_torch(w, n, seconds)))
         if _have("torch"):
             factors = TORCH_PREFETCH_FACTORS if sweep else (4,)
             for n in workers:
@@ -83,6 +87,10 @@ def targets(results: list[runners.Result], workers: list[int]) -> list[dict[str,
         ratio("small: prefetch / torch DataLoader", "small", "torch DataLoader", 8 if two else None, peer_workers=n)
         ratio("image: prefetch / torch DataLoader", "image", "torch DataLoader", 4 if two else None, peer_workers=n)
         ratio("image: prefetch MB/s / numpy.copyto MB/s", "image", "numpy.copyto", 0.4 if two else None, "mb_per_s")
+        adapter, pool = _find(results, "image", "prefetch.torch.Loader", n), _find(results, "image", "prefetch", n)
+        if adapter is not None and pool is not None:
+            add(f"image: prefetch.torch.Loader (CPU) / prefetch (x{n})", 0.95 if two else None,
+                adapter.samples_per_s / pool.samples_per_s)
         ratio("cpu: prefetch / in-process", "cpu", "in-process", 1.7 if two else None)
         ratio("cpu: prefetch / torch DataLoader", "cpu", "torch DataLoader", 1.4 if two else None, peer_workers=n)
         goals = RATE_GOALS.get(2 if two else 8 if n >= 8 else -1, (None, None))

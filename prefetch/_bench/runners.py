@@ -80,6 +80,20 @@ def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: 
     return result
 
 
+def run_prefetch_torch(workload: Workload, workers: int, seconds: float) -> Result:
+    """prefetch.torch.Loader on the CPU over the same pool: what the adapter's tensors cost."""
+    import prefetch.torch
+
+    start = time.perf_counter()
+    with prefetch.torch.Loader(workload.source(), batch_size=workload.batch_size, workers=workers,
+                               prefetch=PREFETCH_SLOTS, transform=workload.transform, seed=0) as loader:
+        first = next(iter(loader))
+        key = "Y" if isinstance(first, dict) else 1
+        del first
+        return _timed(workload, "prefetch.torch.Loader", start, iter(loader), lambda b: len(b[key]), seconds,
+                      {"workers": workers})
+
+
 def _batches_in_process(workload: Workload) -> Iterator[dict[str, np.ndarray]]:
     """Stack samples into a preallocated batch in this process, as a worker would write rows."""
     samples = workload.samples(seed=0)
