@@ -20,7 +20,37 @@ from .exceptions import PescadorError
 __all__ = ["Streamer", "streamable"]
 
 
-class Streamer(_streamer.Streamer):
+class Activations:
+    """pescador's bookkeeping of running passes: `with x as running:` gives an activated copy of the
+    original, which counts its live copies in `active_count_` (`active`)."""
+
+    active_count_: int
+    is_activated_copy: bool
+
+    def _activated_copy(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def active(self) -> int:
+        """How many activated copies of this object are live."""
+        return self.active_count_
+
+    def __enter__(self) -> Any:
+        if self.is_activated_copy:
+            return self
+        twin = self._activated_copy()
+        self.active_count_ += 1
+        return twin
+
+    def __exit__(self, *exc: Any) -> bool:
+        if not self.is_activated_copy:
+            self.active_count_ -= 1
+            if self.active_count_ < 0:
+                raise PescadorError(f"{self!r}: more activations ended than started")
+        return False
+
+
+class Streamer(Activations, _streamer.Streamer):
     """A restartable stream of a generator function or an iterable, as in pescador 3.0."""
 
     def __init__(self, streamer: Any, *args: Any, **kwargs: Any) -> None:
@@ -34,28 +64,13 @@ class Streamer(_streamer.Streamer):
         self.stream_: Iterator[Any] | None = None
 
     @property
-    def active(self) -> int:
-        """How many activated copies of this streamer are live."""
-        return self.active_count_
-
-    @property
     def is_activated_copy(self) -> bool:
         return self.stream_ is not None
 
-    def __enter__(self) -> Streamer:
-        if self.is_activated_copy:
-            return self
+    def _activated_copy(self) -> Streamer:
         twin = copy.deepcopy(self)
-        twin.stream_ = super()._start()
-        self.active_count_ += 1
+        twin.stream_ = self._start()
         return twin
-
-    def __exit__(self, *exc: Any) -> bool:
-        if not self.is_activated_copy:
-            self.active_count_ -= 1
-            if self.active_count_ < 0:
-                raise PescadorError(f"{self!r}: more activations ended than started")
-        return False
 
     def _iterate(self, max_iter: int | None) -> Iterator[Any]:
         if max_iter == 0:

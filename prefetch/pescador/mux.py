@@ -14,15 +14,14 @@ from typing import Any
 import numpy as np
 
 from .. import _mux
-from .exceptions import PescadorError
+from .core import Activations
 
 __all__ = ["BaseMux", "ChainMux", "RoundRobinMux", "ShuffledMux", "StochasticMux"]
 
 
-class _Bookkeeping:
-    """pescador's view of a mux: how many passes run, and its random generator."""
+class _Bookkeeping(Activations):
+    """pescador's view of a mux: how many passes run, its random generator, its running policy."""
 
-    active_count_: int
     _running: bool
 
     def _start_bookkeeping(self, random_state: Any) -> None:
@@ -43,29 +42,14 @@ class _Bookkeeping:
         return twin
 
     @property
-    def active(self) -> int:
-        """How many passes over this mux are running."""
-        return self.active_count_
-
-    @property
     def is_activated_copy(self) -> bool:
         return self._running
 
-    def __enter__(self) -> Any:
-        if self._running:
-            return self
+    def _activated_copy(self) -> Any:
         twin = copy.deepcopy(self)
         twin._running = True
         twin.active_count_ = 0
-        self.active_count_ += 1
         return twin
-
-    def __exit__(self, *exc: Any) -> bool:
-        if not self._running:
-            self.active_count_ -= 1
-            if self.active_count_ < 0:
-                raise PescadorError(f"{self!r}: more activations ended than started")
-        return False
 
     def _iterate(self, max_iter: int | None) -> Iterator[Any]:
         if max_iter == 0:

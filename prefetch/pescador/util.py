@@ -31,28 +31,30 @@ def rename_kw(old_name: str, old_value: Any, new_name: str, new_value: Any, vers
     return old_value
 
 
-def moved(moved_from: str, version: str, version_removed: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _warning_on_call(message: Callable[[Callable[..., Any]], str]) -> Decorator:
+    """A decorator whose function warns with DeprecationWarning, worded by `message(function)`, when called."""
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def warned(*args: Any, **kwargs: Any) -> Any:
+            warnings.warn(message(function), DeprecationWarning, stacklevel=2)
+            return function(*args, **kwargs)
+        return warned
+    return decorate
+
+
+def moved(moved_from: str, version: str, version_removed: str) -> Decorator:
     """Mark a function as moved from `moved_from`: calling it warns with DeprecationWarning."""
-    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(function)
-        def warned(*args: Any, **kwargs: Any) -> Any:
-            warnings.warn(f"{moved_from} moved to {function.__module__}.{function.__name__} in version {version}; "
-                          f"the old name goes in version {version_removed}", DeprecationWarning, stacklevel=2)
-            return function(*args, **kwargs)
-        return warned
-    return decorate
+    return _warning_on_call(lambda f: f"{moved_from} moved to {f.__module__}.{f.__name__} in version {version}; "
+                                      f"the old name goes in version {version_removed}")
 
 
-def deprecated(version: str, version_removed: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def deprecated(version: str, version_removed: str) -> Decorator:
     """Mark a function as deprecated since `version`: calling it warns with DeprecationWarning."""
-    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(function)
-        def warned(*args: Any, **kwargs: Any) -> Any:
-            warnings.warn(f"{function.__module__}.{function.__name__} is deprecated since version {version} and "
-                          f"goes in version {version_removed}", DeprecationWarning, stacklevel=2)
-            return function(*args, **kwargs)
-        return warned
-    return decorate
+    return _warning_on_call(lambda f: f"{f.__module__}.{f.__name__} is deprecated since version {version} and "
+                                      f"goes in version {version_removed}")
 
 
 def batch_length(batch: Mapping[Any, Any]) -> int | None:
