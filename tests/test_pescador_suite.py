@@ -71,3 +71,20 @@ def test_pescador_own_test_suite_passes_on_prefetch_pescador(tmp_path):
     failed = {name for name, outcome in outcomes.items() if outcome == "failed"}
     assert sum(outcome == "passed" for outcome in outcomes.values()) >= 430
     assert failed <= set(INTENDED), sorted(failed - set(INTENDED))
+
+
+def broken(n):
+    for i in range(n):
+        if i == 3:
+            raise RuntimeError("bad sample")
+        yield {"x": i}
+
+
+def test_zmq_streamer_reports_the_worker_error_and_leaves_nothing():
+    import prefetch.pescador as pescador
+
+    stream = pescador.ZMQStreamer(pescador.Streamer(broken, 10))
+    with pytest.raises(pescador.PescadorError, match="bad sample") as info:
+        list(stream)
+    assert "Streamer(broken, 10)" in str(info.value)
+    assert [s["x"] for s in pescador.ZMQStreamer(pescador.Streamer(broken, 3))(max_iter=2)] == [0, 1]
