@@ -222,14 +222,22 @@ def test_keras_fit_with_validation_over_volume_phases(tmp_path):
 
 
 @needs_jax
-def test_pools_default_to_forkserver_once_jax_is_imported(tmp_path):
+def test_pools_default_to_forkserver_once_jax_is_imported_and_shardings_place_batches(tmp_path):
     out = run_python("""
         import prefetch
         from prefetch._pool import default_start_method
         before = default_start_method()
         import jax
+        import prefetch.jax
         from tests import streams
         with prefetch.Pool(prefetch.Streamer(streams.numbered, 0, 16), batch_size=8, workers=1) as pool:
             print(before, pool.options.start_method, sum(b.size for b in pool))
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        loader = prefetch.jax.Loader(prefetch.Streamer(streams.numbered, 0, 16), batch_size=8, workers=1,
+                                     sharding=sharding)
+        batches = list(loader)
+        loader.close()
+        ys = [int(y) for b in batches for y in b["y"]]
+        print(all(b["y"].sharding == sharding for b in batches), ys == list(range(16)))
     """, tmp_path)
-    assert out.split() == ["fork", "forkserver", "16"]
+    assert out.split() == ["fork", "forkserver", "16", "True", "True"]
