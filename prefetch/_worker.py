@@ -63,7 +63,7 @@ from ._messages import (
     Stop,
     Want,
 )
-from ._process import die_with_parent, parent_alive, send_while_parent_lives
+from ._process import POLL_MS, die_with_parent, parent_alive, send_while_parent_lives
 from ._schema import RowWriter, Schema, infer
 from ._streamer import Streamer
 from ._worker_info import WorkerInfo, set_worker_info
@@ -79,8 +79,6 @@ PULL_STEP = 256
 
 REPLAY_STEP = 1024
 """Samples replayed at a time when an instance skips ahead without `seek` (bounds the memory it takes)."""
-
-PARENT_CHECK_MS = 500
 
 MID_STEP_MS = 10
 """While user code runs, how often the writer looks for samples it made (a stream may stall mid-step)."""
@@ -456,7 +454,7 @@ class _Writer:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
         while self.running:
-            events = dict(poller.poll(MID_STEP_MS if self.producer.current is not None else PARENT_CHECK_MS))
+            events = dict(poller.poll(MID_STEP_MS if self.producer.current is not None else POLL_MS))
             if not events and not parent_alive(self.config.parent_pid):
                 return
             if self.sock in events:
@@ -638,7 +636,7 @@ def worker_main(config: WorkerConfig) -> None:
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
-    sock.setsockopt(zmq.SNDTIMEO, PARENT_CHECK_MS)
+    sock.setsockopt(zmq.SNDTIMEO, POLL_MS)
     sock.connect(config.endpoint)
     worker = _Writer(config, sock)
     try:
