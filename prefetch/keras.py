@@ -6,7 +6,8 @@
 Tuple samples give `(x, y)` or `(x, y, sample_weight)` as Keras expects; dict samples
 give a dict. Each epoch of `fit` is an epoch of the pool. A volume loader knows its
 batches per epoch; a pool over finite streams learns it from its first epoch, which
-Keras then needs `steps_per_epoch` for (give it here, or to `fit`).
+Keras then needs `steps_per_epoch` for (given here; without it, fit raises ArgumentError at
+once instead of looping for ever).
 """
 
 from __future__ import annotations
@@ -35,20 +36,24 @@ class Loader(keras.utils.PyDataset):
         self._epoch: Iterator[Any] | None = None
 
     @property
-    def num_batches(self) -> int | None:
+    def num_batches(self) -> int:
+        """Batches per epoch: `steps_per_epoch`, a volume loader's length, or what the pool's first epoch had.
+
+        Keras would loop for ever over an epoch of unknown length, so that is an error.
+        """
         if self.steps is not None:
             return self.steps
         try:
             return len(self.batches)
         except TypeError:
             pool = self.batches.pool
-            return pool._epoch_batches if pool is not None and pool._epoch_batches else None
+            if pool is not None and pool._epoch_batches:
+                return pool._epoch_batches
+        raise ArgumentError("prefetch.keras.Loader: the number of batches per epoch of this source is not known "
+                            "before its first epoch ends; pass steps_per_epoch= to the Loader (or to fit)")
 
     def __len__(self) -> int:
-        steps = self.num_batches
-        if steps is None:
-            raise TypeError("the number of batches per epoch is not known yet")
-        return steps
+        return self.num_batches
 
     def __getitem__(self, index: int) -> Any:
         if self._epoch is None:

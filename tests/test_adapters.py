@@ -208,6 +208,13 @@ def test_keras_fit_with_validation_over_volume_phases(tmp_path):
         history = model.fit(prefetch.keras.Loader(train), validation_data=prefetch.keras.Loader(validation),
                             epochs=3, verbose=0)
         gen.close()
+        from tests import streams
+        try:
+            model.fit(prefetch.keras.Loader(prefetch.Streamer(streams.pairs, 100), batch_size=10, workers=1))
+        except prefetch.ArgumentError as exc:
+            assert "steps_per_epoch" in str(exc)
+        else:
+            raise AssertionError("a stream of unknown length was accepted by fit")
         print(keras.backend.backend(), len(history.history["val_loss"]), history.history["loss"][0],
               history.history["loss"][-1], history.history["val_accuracy"][-1])
     """, tmp_path, top="""
