@@ -44,7 +44,7 @@ def sdist() -> Path:
     if not archive.exists():
         cache.mkdir(parents=True, exist_ok=True)
         fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-                                  "--no-build-isolation", "-d", str(cache), "pescador==3.0.0"],
+                                  "-d", str(cache), "pescador==3.0.0"],
                                  capture_output=True, text=True, timeout=180)
         if fetched.returncode != 0 or not archive.exists():
             pytest.skip(f"pescador's sdist could not be fetched from the package registry: {fetched.stderr[-300:]}")
