@@ -60,7 +60,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
         elif fault == "trickle":
-            self.send_response(200)
+            ranged = self.headers.get("Range") is not None  # honoured, so each retry trickles new bytes
+            self.send_response(206 if ranged else 200)
             self.send_header("Content-Length", "1000000")
             self.end_headers()
             for _ in range(100):

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .._locks import unused
 from .errors import VolumeError
@@ -116,13 +117,13 @@ class Cache:
             if stat.st_nlink == 0:  # evicted between open and lock
                 os.close(fd)
                 return None
-            sound = stat.st_size == size and (stat.st_mtime_ns == VERIFIED_MTIME_NS or _sha256_fd(fd) == sha)
+            sound = stat.st_size == size and (stat.st_mtime_ns == VERIFIED_MTIME_NS or _hash_of(fd) == sha)
             if not sound:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     target.unlink()
                 return None
-            os.utime(target, ns=(time.time_ns(), VERIFIED_MTIME_NS))
+            os.utime(fd, ns=(time.time_ns(), VERIFIED_MTIME_NS))
             return fd
         except BaseException:
             with contextlib.suppress(OSError):
@@ -181,10 +182,15 @@ class Cache:
                 total -= size
 
 
-def _sha256_fd(fd: int) -> str:
+def _hash_of(fd: int) -> str:
+    """The SHA-256 of an open descriptor's file, leaving the descriptor open."""
+    with open(fd, "rb", closefd=False) as f:
+        return sha256_of(f)
+
+
+def sha256_of(f: BinaryIO) -> str:
+    """The SHA-256 of a binary file's bytes from where it stands, read a MiB at a time."""
     digest = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, 1 << 20):
+    for chunk in iter(lambda: f.read(1 << 20), b""):
         digest.update(chunk)
-    os.lseek(fd, 0, os.SEEK_SET)
     return digest.hexdigest()

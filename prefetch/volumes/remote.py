@@ -44,14 +44,15 @@ def chunks(url: str) -> Iterator[bytes]:
     opener = _s3_opener(url) if url.startswith("s3://") else _http_opener(url)
     offset, failures = 0, 0
     while True:
+        start = offset
         try:
             for chunk in _watched(opener(offset)):
                 offset += len(chunk)
-                failures = 0
                 yield chunk
             return
         except _Retry as exc:
-            failures += 1
+            # an attempt that moved a stall's worth of bytes made progress: count failures anew after it
+            failures = 1 if offset - start >= STALL_BYTES else failures + 1
             if failures > RETRIES:
                 raise FetchError(f"cannot read {url}: {exc} (after {RETRIES + 1} attempts)") from None
             time.sleep(BACKOFF_S * 2 ** (failures - 1) * random.uniform(0.5, 1.5))

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._sizes import parse_size
 from . import remote
-from .cache import Cache, Held, default_cache_dir
+from .cache import Cache, Held, default_cache_dir, sha256_of
 from .errors import CorruptIndexError, VolumeError
 from .index import Index, check_index_file, check_metadata
 from .names import check_hash, check_name
@@ -61,22 +61,16 @@ class Source:
         return Cache(Path(self.cache_dir) if self.cache_dir else default_cache_dir(), self.cache_limit)
 
     def hold(self, sha: str, size: int, cache: Cache | None = None) -> Held:
-        """Like `file`, but a cached file stays until the result is released, whatever other processes evict."""
-        if self.local:
-            return Held(self.file(sha, size))
-        check_hash(sha, "Source.hold")
-        return (cache or self.cache()).hold(sha, size, lambda: self.read(f"objects/{sha[:2]}/{sha[2:]}"))
+        """The file with this SHA-256 and size, fetched into the cache if it is remote, and kept there
+        (whatever other processes evict) until the result is released.
 
-    def file(self, sha: str, size: int, cache: Cache | None = None) -> Path:
-        """A local path holding the file with this SHA-256 and size, fetched into the cache if it is remote.
-
-        A local volume's object of the wrong size is a damaged volume (VolumeError); a
-        cached one is fetched again (see Cache.get).
+        A local volume's object that is missing or of the wrong size is a damaged volume
+        (VolumeError); a damaged cached one is fetched again (see Cache.hold).
         """
-        check_hash(sha, "Source.file")
+        check_hash(sha, "Source.hold")
         relative = f"objects/{sha[:2]}/{sha[2:]}"
         if not self.local:
-            return (cache or self.cache()).get(sha, size, lambda: self.read(relative))
+            return (cache or self.cache()).hold(sha, size, lambda: self.read(relative))
         path = Path(self.url) / relative
         try:
             actual = path.stat().st_size
@@ -85,7 +79,13 @@ class Source:
         if actual != size:
             raise VolumeError(f"{self.url}: object {sha[:12]}... holds {actual} bytes, the index says {size}; "
                               "the volume is damaged")
-        return path
+        return Held(path)
+
+    def file(self, sha: str, size: int, cache: Cache | None = None) -> Path:
+        """A local path of the file (see `hold`); another process may evict a cached one once it is returned."""
+        held = self.hold(sha, size, cache)
+        held.release()
+        return held.path
 
 
 def _store(source: Path, objects: Path) -> tuple[str, int]:
@@ -106,22 +106,16 @@ def _store(source: Path, objects: Path) -> tuple[str, int]:
         sha = digest.hexdigest()
         target = objects / sha[:2] / sha[2:]
         target.parent.mkdir(exist_ok=True)
-        if target.exists() and _sha256(target) == sha:
-            return sha, size
+        if target.exists():
+            with open(target, "rb") as existing:
+                if sha256_of(existing) == sha:
+                    return sha, size
         os.chmod(temp, 0o644)
         os.replace(temp, target)
         return sha, size
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fetch_index(source: Source, cached: Path) -> None:
