@@ -20,7 +20,9 @@ from ._streamer import Streamer
 class Batches:
     """The batches an adapter converts, from whatever it was given."""
 
-    def __init__(self, source: Any, batch_size: int | None, pool_options: dict[str, Any], what: str) -> None:
+    def __init__(self, source: Any, batch_size: int | None, pool_options: dict[str, Any], what: str,
+                 defaults: dict[str, Any] | None = None) -> None:
+        """`defaults` are pool options that apply only when this makes the pool (and the caller gave none)."""
         from .volumes.loader import Loader as VolumeLoader
 
         self.owned = False
@@ -33,7 +35,7 @@ class Batches:
         elif isinstance(source, Streamer):
             if batch_size is None:
                 raise ArgumentError(f"{what}: batch_size is needed to pool a stream")
-            self.source = Pool(source, batch_size=batch_size, **pool_options)
+            self.source = Pool(source, batch_size=batch_size, **{**(defaults or {}), **pool_options})
             self.owned = True
         else:
             raise ArgumentError(f"{what}: source must be a prefetch.Streamer or mux, a Pool, or a loader from "
@@ -63,6 +65,33 @@ class Batches:
         """Close the pool this made; a pool or loader you passed stays yours to close."""
         if self.owned:
             self.source.close()
+
+
+class Adapter:
+    """Base of the torch and JAX loaders: epoch length, checkpoints and shutdown come from their `Batches`."""
+
+    batches: Batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Where training stands (see Pool.state_dict)."""
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from state_dict() before iterating."""
+        self.batches.load_state_dict(state)
+
+    def close(self) -> None:
+        """Close the pool this loader made; a pool or loader you passed stays yours."""
+        self.batches.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def is_tuple(batch: Batch) -> bool:

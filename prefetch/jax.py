@@ -17,10 +17,10 @@ from typing import Any
 
 import jax
 
-from ._adapters import Batches, structure
+from ._adapters import Adapter, Batches, structure
 
 
-class Loader:
+class Loader(Adapter):
     """Iterate a stream, a mux, a `Pool` or a volume loader as batches of `jax.Array`.
 
     `source` is a `Streamer` or mux (pooled with `batch_size` and the other keyword
@@ -29,10 +29,9 @@ class Loader:
 
     def __init__(self, source: Any, *, batch_size: int | None = None, sharding: Any = None,
                  **pool_options: Any) -> None:
-        if jax.process_count() > 1 and "rank" not in pool_options and not _is_pooled(source):
-            pool_options = {"rank": jax.process_index(), "world_size": jax.process_count(), **pool_options}
+        ranks = {"rank": jax.process_index(), "world_size": jax.process_count()} if jax.process_count() > 1 else {}
         self.sharding = sharding
-        self.batches = Batches(source, batch_size, pool_options, "prefetch.jax.Loader")
+        self.batches = Batches(source, batch_size, pool_options, "prefetch.jax.Loader", defaults=ranks)
 
     def _put(self, array: Any) -> jax.Array:
         if self.sharding is None:
@@ -41,23 +40,3 @@ class Loader:
 
     def __iter__(self) -> Iterator[Any]:
         return (structure(batch, self._put) for batch in self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def state_dict(self) -> dict[str, Any] | None:
-        return self.batches.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.batches.load_state_dict(state)
-
-    def close(self) -> None:
-        """Close the pool this loader made."""
-        self.batches.close()
-
-
-def _is_pooled(source: Any) -> bool:
-    from ._pool import Pool
-    from .volumes.loader import Loader as VolumeLoader
-
-    return isinstance(source, (Pool, VolumeLoader))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._adapters import Batches, structure
+from ._adapters import Adapter, Batches, structure
 from ._batch import Batch
 from ._errors import PrefetchError
 
@@ -31,7 +31,7 @@ AHEAD = 2
 """Batches whose copies are issued before the one handed out (the one handed out plus one being copied)."""
 
 
-class Loader:
+class Loader(Adapter):
     """Iterate a stream, a mux, a `Pool` or a volume loader as batches of `torch.Tensor`.
 
     `source` is a `Streamer` or mux (pooled with `batch_size` and the other keyword
@@ -54,9 +54,6 @@ class Loader:
         self._last: Batch | None = None
         """The last batch handed out on the CUDA path (later ones may already be copying, in `_ahead`)."""
         self._ahead: deque[tuple[Batch, Any, Any]] = deque()
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
     def __iter__(self) -> Iterator[Any]:
         if self.device is None:
@@ -137,17 +134,3 @@ class Loader:
             return self.batches.state_dict()
         later_of_epoch = any(batch.epoch == last.epoch for batch, _, _ in self._ahead)
         return pool._state_through(last, pool._ended_through >= last.epoch and not later_of_epoch)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from state_dict() before iterating."""
-        self.batches.load_state_dict(state)
-
-    def close(self) -> None:
-        """Close the pool this loader made (unregistering page-locked slots first)."""
-        self.batches.close()
-
-    def __enter__(self) -> Loader:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

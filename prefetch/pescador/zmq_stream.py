@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from .._adapters import is_tuple
 from .._pool import Pool
 from .core import Streamer
 
@@ -42,11 +43,11 @@ class ZMQStreamer(Streamer):
         with self, Pool(source, batch_size=BATCH, workers=1, timeout=self.timeout, last_batch="partial") as pool:
             for batch in pool:
                 fields = {key: (value if isinstance(value, list) else value.copy()) for key, value in batch.items()}
+                tuples = is_tuple(batch)
                 batch.release()
-                is_tuple = all(isinstance(key, int) for key in fields)
                 for row in range(batch.size):
                     sample = {key: value[row] for key, value in fields.items()}
-                    yield tuple(sample.values()) if is_tuple else sample
+                    yield tuple(sample.values()) if tuples else sample
                     count += 1
                     if max_iter is not None and count >= max_iter:
                         return
