@@ -568,15 +568,17 @@ class _Writer:
         inst = None
         try:
             runs = []
+            taken: dict[int, int] = {}  # samples of each instance this FILL takes: one may have several parts
             for iid, rows in parts:
                 inst = self.instances.get(iid)
                 rows = np.frombuffer(rows, np.uint32)
-                if inst is None or len(inst.ready) < len(rows):
+                taken[iid] = taken.get(iid, 0) + len(rows)
+                if inst is None or len(inst.ready) < taken[iid]:
                     if inst is not None and inst.ended:
                         raise PrefetchError(f"stream {inst.name} ended after {inst.produced} samples, before the "
                                             "rows it was assigned; it does not yield the same samples when restarted")
                     if inst is not None:
-                        need = inst.produced - len(inst.ready) + len(rows)
+                        need = inst.first + taken[iid]
                         if need > inst.asked:
                             inst.asked = need
                             self.producer.commands.put(("want", iid, need))
