@@ -199,14 +199,18 @@ def default_start_method() -> str:
 
     Forking copies a process's memory but only the forking thread: JAX's runtime
     threads, or an initialised CUDA context, are left broken in the child (CUDA
-    refuses to work there; JAX warns of deadlocks). So once JAX is imported or CUDA
-    is initialised in the trainer, workers start from a clean forkserver process.
+    refuses to work there; JAX warns of deadlocks), and a Ray driver's gRPC
+    connections stop answering the parent (seen as `ray.nodes()` hanging). So once
+    JAX is imported, CUDA is initialised or Ray is connected in the trainer, the
+    pool's processes start from a clean forkserver process.
     """
     if sys.platform != "linux":
         return "spawn"
     torch = sys.modules.get("torch")
     cuda = torch is not None and hasattr(torch, "cuda") and torch.cuda.is_initialized()
-    return "forkserver" if cuda or "jax" in sys.modules else "fork"
+    ray = sys.modules.get("ray")
+    connected = ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
+    return "forkserver" if cuda or connected or "jax" in sys.modules else "fork"
 
 
 @dataclass
@@ -583,6 +587,8 @@ class Pool:
             if i == 0 or self._restarts >= self.options.max_restarts:
                 self.close()
                 error = WorkerDiedError(name, code)
+                if getattr(proc, "cause", None):
+                    add_note(error, proc.cause)
                 if i:
                     add_note(error, f"the pool had restarted workers {self._restarts} times (max_restarts="
                                     f"{self.options.max_restarts})")

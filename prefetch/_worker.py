@@ -84,7 +84,7 @@ MID_STEP_MS = 10
 """While user code runs, how often the writer looks for samples it made (a stream may stall mid-step)."""
 
 _FIRST = operator.itemgetter(0)
-"""How often a worker checks that its parent (the trainer) is still alive."""
+"""The sample of a (sample, count) pair: zipping a stream with a counter counts its samples at C speed."""
 
 
 @dataclass
@@ -423,9 +423,12 @@ def failure(kind: str, exc: BaseException, inst: _Instance | None, where: str, w
 class _Writer:
     """The writer: the worker's main thread, which owns the socket and the shared memory."""
 
-    def __init__(self, config: WorkerConfig, sock: zmq.Socket) -> None:
+    def __init__(self, config: WorkerConfig, sock: zmq.Socket,
+                 attach: Callable[[Segment], Any] | None = None) -> None:
         self.config = config
         self.sock = sock
+        self.map_segment = attach or (lambda segment: _shm.attach(segment.name))
+        """The memory behind a segment's slots: the trainer's shared memory, or (a Ray actor's) its own."""
         self.instances: dict[int, _Instance] = {}
         self.wake_r, wake_w = socket.socketpair()
         wake_w.setblocking(False)
@@ -554,7 +557,7 @@ class _Writer:
             self.slot_arrays = []
         if segment.first != len(self.slot_arrays):
             raise PrefetchError(f"segment of slots from {segment.first} arrived after {len(self.slot_arrays)} slots")
-        mapping = _shm.attach(segment.name)
+        mapping = self.map_segment(segment)
         self.mappings.append(mapping)
         self.slot_arrays += [schema.views(mapping, s * segment.slot_bytes, segment.offsets, segment.batch_size)
                              for s in range(segment.slots)]
@@ -622,6 +625,39 @@ class _Writer:
                 mapping.close()
 
 
+def open_socket(ctx: zmq.Context, config: WorkerConfig, secure: Callable[[zmq.Socket], None] | None = None
+                ) -> zmq.Socket:
+    """The worker's socket to the mux process (or a Ray worker's relay), connected; `secure` sets keys first."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, b"w%d" % config.worker_id)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+    sock.setsockopt(zmq.SNDTIMEO, POLL_MS)
+    if secure is not None:
+        secure(sock)
+    sock.connect(config.endpoint)
+    return sock
+
+
+def serve(config: WorkerConfig, attach: Callable[[Segment], Any] | None = None,
+          secure: Callable[[zmq.Socket], None] | None = None, started: Callable[[_Writer], None] | None = None
+          ) -> None:
+    """Run a worker until STOP or until its parent is gone; `started` sees the writer before it runs."""
+    ctx = zmq.Context()
+    sock = open_socket(ctx, config, secure)
+    worker = _Writer(config, sock, attach)
+    if started is not None:
+        started(worker)
+    try:
+        worker.run()
+    finally:
+        worker.close()
+        sock.close(0)
+        ctx.term()
+
+
 def worker_main(config: WorkerConfig) -> None:
     """Entry point of a worker process. Ctrl-C is the trainer's to handle: workers ignore SIGINT.
 
@@ -631,21 +667,8 @@ def worker_main(config: WorkerConfig) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(config.parent_pid, config.die_by_signal)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, b"w%d" % config.worker_id)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
-    sock.setsockopt(zmq.SNDTIMEO, POLL_MS)
-    sock.connect(config.endpoint)
-    worker = _Writer(config, sock)
     try:
-        worker.run()
+        serve(config)
     finally:
-        worker.close()
-        sock.close(0)
-        ctx.term()
         if not parent_alive(config.parent_pid):
             os._exit(0)

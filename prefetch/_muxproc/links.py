@@ -33,7 +33,6 @@ class WorkerLinks:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.bind(endpoint)
         self.generation: dict[int, int] = {}
         self.up: set[int] = set()
