@@ -22,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--plot", metavar="FILE.png", help="draw samples/s against workers (needs matplotlib)")
+    bench.add_argument("--ray", action="store_true",
+                       help="also run prefetch.ray.Pool, on two Ray nodes started on this machine (actors on the "
+                            "trainer's node, and on another node through Ray's object store)")
+    bench.add_argument("--ray-address", metavar="ADDRESS",
+                       help="with --ray: use this Ray cluster instead (actors wherever it places them)")
     bench.add_argument("--device", metavar="cuda[:N]",
                        help="measure the image workload's path into this GPU instead (needs torch with CUDA)")
     volume_cli.add_parser(commands)
@@ -82,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prefetch bench --device {args.device}: image workload, {workers[-1]} workers, {seconds:g} s each")
             print(device.report(results))
             return 0
-        return run(names, workers, seconds, not args.quick, args.json, not args.no_progress, args.plot)
+        if args.ray_address and not args.ray:
+            parser.error("--ray-address needs --ray")
+        return run(names, workers, seconds, not args.quick, args.json, not args.no_progress, args.plot,
+                   args.ray, args.ray_address)
     if args.command == "doctor":
         return _doctor(args.clean)
     if args.command == "volume":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -22,8 +23,12 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def plan(names: list[str], workers: list[int], seconds: float, sweep: bool) -> list[tuple[str, Callable[[], Any]]]:
-    """(label, thunk) for every measurement, peers included only when installed; pools once per worker count."""
+def plan(names: list[str], workers: list[int], seconds: float, sweep: bool,
+         ray_runners: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, Callable[[], Any]]]:
+    """(label, thunk) for every measurement, peers included only when installed; pools once per worker count.
+
+    `ray_runners` maps runner names to prefetch.ray.Pool options (`prefetch bench --ray`).
+    """
     steps: list[tuple[str, Callable[[], Any]]] = []
     for name in names:
         w = WORKLOADS[name]
@@ -31,6 +36,10 @@ def plan(names: list[str], workers: list[int], seconds: float, sweep: bool) -> l
         for n in workers:
             steps.append((f"{name} · prefetch x{n}",
                           lambda w=w, n=n, need=need: runners.run_prefetch(w, n, seconds, need)))
+        for runner, options in (ray_runners or {}).items():
+            for n in workers:
+                steps.append((f"{name} · {runner} x{n}", lambda w=w, n=n, r=runner, o=options:
+                              runners.run_prefetch(w, n, seconds, 0, _ray_pool(), r, o)))
         steps.append((f"{name} · in-process", lambda w=w: runners.run_in_process(w, seconds)))
         if _have("torch") and name == "image":
             for n in workers:
@@ -45,6 +54,12 @@ def plan(names: list[str], workers: list[int], seconds: float, sweep: bool) -> l
             steps.append((f"{name} · pescador ZMQStreamer", lambda w=w: runners.run_pescador(w, seconds)))
         steps.append((f"{name} · numpy.copyto", lambda w=w: runners.run_copyto(w, min(seconds, 1.0))))
     return steps
+
+
+def _ray_pool() -> type:
+    import prefetch.ray
+
+    return prefetch.ray.Pool
 
 
 def _best_torch(workload: Any, workers: int, seconds: float, factors: tuple[int, ...]) -> runners.Result:
@@ -98,6 +113,12 @@ def targets(results: list[runners.Result], workers: list[int]) -> list[dict[str,
         ratio("activation: prefetch / in-process", "activation", "in-process", goals[1])
         ratio("mux-rate: prefetch / pescador ZMQStreamer", "mux-rate", "pescador ZMQStreamer", None)
         ratio("activation: prefetch / pescador ZMQStreamer", "activation", "pescador ZMQStreamer", None)
+        for runner in dict.fromkeys(r.runner for r in results if r.runner.startswith("prefetch.ray")):
+            for workload in dict.fromkeys(r.workload for r in results):
+                ray_pool, pool = _find(results, workload, runner, n), _find(results, workload, "prefetch", n)
+                if ray_pool is not None and pool is not None:
+                    add(f"{workload}: {runner} / prefetch (x{n})", 0.5 if two and workload == "image" else None,
+                        ray_pool.samples_per_s / pool.samples_per_s)
         mux, small = _find(results, "mux", "prefetch", n), _find(results, "small", "prefetch", n)
         if mux is not None and small is not None:
             add(f"mux: prefetch mux / prefetch small (x{n})", 0.9 if two else None,
@@ -145,11 +166,11 @@ def plot(results: list[runners.Result], path: str) -> None:
 
 
 def table(results: list[runners.Result], goals: list[dict[str, Any]]) -> str:
-    lines = [f"{'workload':<10} {'runner':<22} {'samples/s':>12} {'MB/s':>10} {'first batch':>12}  settings"]
+    lines = [f"{'workload':<10} {'runner':<26} {'samples/s':>12} {'MB/s':>10} {'first batch':>12}  settings"]
     for r in results:
         first = "" if r.first_batch_s is None else f"{r.first_batch_s:.3f} s"
         settings = ", ".join(f"{k}={v}" for k, v in r.settings.items() if k != "prefetch_factor_tried")
-        lines.append(f"{r.workload:<10} {r.runner:<22} {r.samples_per_s:>12,.0f} {r.mb_per_s:>10,.1f} {first:>12}  "
+        lines.append(f"{r.workload:<10} {r.runner:<26} {r.samples_per_s:>12,.0f} {r.mb_per_s:>10,.1f} {first:>12}  "
                      f"{settings}")
     lines += ["", f"{'target':<66} {'goal':>8} {'measured':>10}  ok"]
     for g in goals:
@@ -160,16 +181,25 @@ def table(results: list[runners.Result], goals: list[dict[str, Any]]) -> str:
 
 
 def run(names: list[str], workers: list[int], seconds: float, sweep: bool, json_path: str | None,
-        progress: bool, plot_path: str | None = None) -> int:
-    """Run the benchmark, print its table, write JSON and a plot if asked; 0 on completion."""
-    steps = plan(names, workers, seconds, sweep)
-    bar = Progress(len(steps), "measurements", progress)
-    results = []
-    for label, thunk in steps:
-        bar.step(label, count=0)
-        results.append(thunk())
-        bar.step()
-    bar.finish()
+        progress: bool, plot_path: str | None = None, ray: bool = False, ray_address: str | None = None) -> int:
+    """Run the benchmark, print its table, write JSON and a plot if asked; 0 on completion.
+
+    With `ray`, prefetch.ray.Pool runs too, on a Ray cluster started for the run (or at `ray_address`).
+    """
+    with contextlib.ExitStack() as stack:
+        ray_runners = None
+        if ray:
+            from . import ray as ray_bench
+
+            ray_runners = stack.enter_context(ray_bench.cluster(ray_address))
+        steps = plan(names, workers, seconds, sweep, ray_runners)
+        bar = Progress(len(steps), "measurements", progress)
+        results = []
+        for label, thunk in steps:
+            bar.step(label, count=0)
+            results.append(thunk())
+            bar.step()
+        bar.finish()
     goals = targets(results, workers)
     print(f"prefetch bench: {','.join(map(str, workers))} workers, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {seconds:g} s per measurement")

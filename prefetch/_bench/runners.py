@@ -54,8 +54,12 @@ PREFETCH_SLOTS = 16
 """Our best setting on the 2-core machine (a sweep of 8, 16, 32 slots); DataLoader gets its own sweep."""
 
 
-def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: int = 0) -> Result:
-    """prefetch.Pool over the workload's source, counting samples per stream for the mux workload."""
+def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: int = 0, pool_class: type = Pool,
+                 runner: str = "prefetch", options: dict[str, Any] | None = None) -> Result:
+    """prefetch.Pool (or `pool_class`, e.g. prefetch.ray.Pool, with its `options`) over the workload's source.
+
+    Samples are counted per stream for the mux workload, to check the weights.
+    """
     counts = np.zeros(max(workload.streams, 1), dtype=np.int64)
 
     def count_streams(batch: Any) -> None:
@@ -63,11 +67,11 @@ def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: 
             counts[:] += np.bincount(batch["Y"], minlength=workload.streams)
 
     start = time.perf_counter()
-    with Pool(workload.source(), batch_size=workload.batch_size, workers=workers, prefetch=PREFETCH_SLOTS,
-              transform=workload.transform, seed=0) as pool:
+    with pool_class(workload.source(), batch_size=workload.batch_size, workers=workers, prefetch=PREFETCH_SLOTS,
+                    transform=workload.transform, seed=0, **(options or {})) as pool:
         it = iter(pool)
         budget = max(seconds, 0.0)
-        result = _timed(workload, "prefetch", start, it, lambda b: b.size, budget,
+        result = _timed(workload, runner, start, it, lambda b: b.size, budget,
                         {"workers": workers, "prefetch": pool.options.prefetch}, count_streams)
         while counts.sum() < min_samples:
             count_streams(next(it))
