@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,3 +48,36 @@ def cluster(address: str | None) -> Iterator[dict[str, dict[str, Any]]]:
     finally:
         ray.shutdown()
         local.shutdown()
+
+
+TRANSFER = "ray.get from other node"
+"""The ceiling of the other-node runner: Ray moving batch-sized arrays between its nodes, nothing else."""
+
+
+def run_transfer(workload: Any, seconds: float, options: dict[str, Any]) -> Any:
+    """Batches of the workload's size, made once in an actor on the other node and fetched four at a time."""
+    import numpy as np
+    import ray
+
+    from .runners import Result
+
+    @ray.remote(max_concurrency=1)
+    class Source:
+        def __init__(self, nbytes: int) -> None:
+            self.batch = np.ones(nbytes, np.uint8)
+
+        def get(self) -> np.ndarray:
+            return self.batch
+
+    nbytes = workload.bytes_per_sample * workload.batch_size
+    source = Source.options(**options).remote(nbytes)
+    ray.get(source.get.remote())
+    count, inflight = 0, [source.get.remote() for _ in range(4)]
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        ray.get(inflight.pop(0))
+        inflight.append(source.get.remote())
+        count += workload.batch_size
+    rate = count / (time.perf_counter() - start)
+    ray.kill(source)
+    return Result(workload.name, TRANSFER, rate, rate * workload.bytes_per_sample / 1e6, None)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .._progress import Progress
 from . import runners
+from .ray import OTHER_NODE, TRANSFER, run_transfer
 from .workloads import MUX_WEIGHTS, WORKLOADS
 
 TORCH_PREFETCH_FACTORS = (2, 4, 8)
@@ -40,6 +41,9 @@ def plan(names: list[str], workers: list[int], seconds: float, sweep: bool,
             for n in workers:
                 steps.append((f"{name} · {runner} x{n}", lambda w=w, n=n, r=runner, o=options:
                               runners.run_prefetch(w, n, seconds, 0, _ray_pool(), r, o)))
+        if ray_runners and OTHER_NODE in ray_runners:
+            steps.append((f"{name} · {TRANSFER}",
+                          lambda w=w: run_transfer(w, min(seconds, 2.0), ray_runners[OTHER_NODE])))
         steps.append((f"{name} · in-process", lambda w=w: runners.run_in_process(w, seconds)))
         if _have("torch") and name == "image":
             for n in workers:
@@ -117,8 +121,12 @@ def targets(results: list[runners.Result], workers: list[int]) -> list[dict[str,
             for workload in dict.fromkeys(r.workload for r in results):
                 ray_pool, pool = _find(results, workload, runner, n), _find(results, workload, "prefetch", n)
                 if ray_pool is not None and pool is not None:
-                    add(f"{workload}: {runner} / prefetch (x{n})", 0.5 if two and workload == "image" else None,
-                        ray_pool.samples_per_s / pool.samples_per_s)
+                    goal = 0.5 if two and workload == "image" and runner != OTHER_NODE else None
+                    add(f"{workload}: {runner} / prefetch (x{n})", goal, ray_pool.samples_per_s / pool.samples_per_s)
+                transfer = _find(results, workload, TRANSFER)
+                if ray_pool is not None and transfer is not None and runner == OTHER_NODE:
+                    add(f"{workload}: {runner} MB/s / {TRANSFER} MB/s (x{n})", None,
+                        ray_pool.mb_per_s / transfer.mb_per_s)
         mux, small = _find(results, "mux", "prefetch", n), _find(results, "small", "prefetch", n)
         if mux is not None and small is not None:
             add(f"mux: prefetch mux / prefetch small (x{n})", 0.9 if two else None,
@@ -172,11 +180,11 @@ def table(results: list[runners.Result], goals: list[dict[str, Any]]) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in r.settings.items() if k != "prefetch_factor_tried")
         lines.append(f"{r.workload:<10} {r.runner:<26} {r.samples_per_s:>12,.0f} {r.mb_per_s:>10,.1f} {first:>12}  "
                      f"{settings}")
-    lines += ["", f"{'target':<66} {'goal':>8} {'measured':>10}  ok"]
+    lines += ["", f"{'target':<72} {'goal':>8} {'measured':>10}  ok"]
     for g in goals:
         value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
         mark = {True: "yes", False: "NO", None: "-"}[g["ok"]]
-        lines.append(f"{g['target']:<66} {g['goal']:>8} {value:>10}  {mark}")
+        lines.append(f"{g['target']:<72} {g['goal']:>8} {value:>10}  {mark}")
     return "\n".join(lines)
 
 

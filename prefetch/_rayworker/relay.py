@@ -170,8 +170,18 @@ class _Link:
                     self.peer.send_multipart(frames, zmq.NOBLOCK)
             while self.peer.poll(0):
                 frames = self.peer.recv_multipart()
-                fills = [] if in_place else self.owed_by(frames)
-                pending.append((frames, self.watch(actor.take.remote(fills)) if fills else None, fills))
+                if in_place:
+                    pending.append((frames, None, []))
+                    continue
+                for frame in frames:
+                    message = FROM_WORKER.decode(frame)
+                    if not isinstance(message, Filled):
+                        pending.append(([frame], None, []))
+                        continue
+                    for slot, objects in message.slots:  # a take per slot: transfers overlap, none waits for all
+                        fills = [[slot, self.owed[slot].popleft().tobytes()]]
+                        frame = FROM_WORKER.encode(Filled([[slot, objects]], message.busy))
+                        pending.append(([frame], self.watch(actor.take.remote(fills)), fills))
             while pending and (pending[0][1] is None or pending[0][1].done()):
                 frames, taken, fills = pending.popleft()
                 if taken is not None:
@@ -212,15 +222,6 @@ class _Link:
             for slot, parts in message.fills:
                 rows = [np.frombuffer(rows, np.uint32) for _, rows in parts]
                 self.owed[slot].append(np.sort(np.concatenate(rows)) if len(rows) > 1 else rows[0])
-
-    def owed_by(self, frames: list[bytes]) -> list[list[Any]]:
-        """[[slot, rows], ...] that the FILLED messages among these frames report written."""
-        fills = []
-        for frame in frames:
-            message = FROM_WORKER.decode(frame)
-            if isinstance(message, Filled):
-                fills += [[slot, self.owed[slot].popleft().tobytes()] for slot, _ in message.slots]
-        return fills
 
     def write(self, fills: list[list[Any]], taken: list[list[np.ndarray | None]]) -> None:
         """Copy rows taken from the actor into the trainer's slots."""
