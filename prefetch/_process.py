@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -41,12 +42,32 @@ def die_with_parent(parent_pid: int, by_signal: bool) -> None:
     that died before the request took effect is caught by the check after it.
     """
     global _parent
+    _let_go_of_forkserver()
     if by_signal and sys.platform == "linux":
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     _parent = os.getppid()
     if _parent != parent_pid and not pid_alive(parent_pid):
         os._exit(0)
+
+
+def _let_go_of_forkserver() -> None:
+    """Close this process's end of the trainer's forkserver "alive" pipe.
+
+    A forkserver exits once every holder of that pipe's write end has closed it, and
+    multiprocessing hands one to each process it starts. A pool's processes wait for
+    their parent (the forkserver) to go, so if they held the pipe too, a SIGKILLed
+    trainer would leave the forkserver, the mux process, the workers and the shared
+    memory behind for ever. Without it the forkserver exits with the trainer, and they
+    follow.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if server._forkserver_alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
 
 
 def pid_alive(pid: int) -> bool:

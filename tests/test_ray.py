@@ -10,7 +10,10 @@ from __future__ import annotations
 import multiprocessing.forkserver
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +28,7 @@ from prefetch.testing import assert_resumes_exactly, take  # noqa: E402
 from . import streams  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parent.parent
 
 FAR = {"resources": {"far": 1}, "num_cpus": 0}
 """Worker actors on the second node: rows cross Ray's object store."""
@@ -207,3 +211,40 @@ def test_a_demand_no_node_can_meet_is_refused_at_once():
         prefetch.ray.Pool(Streamer(streams.endless, 0), batch_size=8, workers=1, resources={"gpu_node": 1})
     with pytest.raises(ArgumentError, match="workers"):
         prefetch.ray.Pool(Streamer(streams.endless, 0), batch_size=8, workers=0)
+
+
+TRAINER = """
+import sys, ray, prefetch.ray
+from tests import streams
+if __name__ == "__main__":
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    pool = prefetch.ray.Pool(prefetch.Streamer(streams.endless, 0), batch_size=8, workers=2,
+                             resources={"far": 1}, num_cpus=0)
+    next(iter(pool))
+    handles = [proc for _, proc in pool._res.processes]
+    print(pool._res.segments[0].name, handles[0].pid, *[h.pid for h in handles[1:]], flush=True)
+    for batch in pool:
+        pass
+"""
+
+
+def test_a_sigkilled_trainer_takes_its_actors_mux_process_and_shared_memory_with_it(cluster, tmp_path):
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    trainer = subprocess.Popen([sys.executable, str(script), cluster.address], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        name, *pids = trainer.stdout.readline().split()
+        assert name and len(pids) == 3, "the trainer did not start its pool"
+        assert Path("/dev/shm", name).exists()
+        trainer.kill()
+        trainer.wait(5)
+        assert gone([int(p) for p in pids], within=30), "the mux process or an actor outlived the trainer"
+        deadline = time.monotonic() + 5
+        while Path("/dev/shm", name).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path("/dev/shm", name).exists(), "shared memory outlived the trainer"
+    finally:
+        trainer.kill()
+        trainer.wait(5)
+        trainer.stdout.close()

@@ -100,7 +100,7 @@ class RayWorker:
             in_place = node == self.placement.node
             served = link.watch(self.actor.serve.remote(config, link.server_key, in_place))
             died = link.relay(self.actor, in_place, served, self.stopping)
-        except ray.exceptions.RayError as exc:
+        except Exception as exc:  # Ray's account of the actor's death, or a failure of the relay itself
             died, self.cause = True, f"{type(exc).__name__}: {exc}"
         finally:
             link.close()

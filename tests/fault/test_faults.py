@@ -127,9 +127,9 @@ def test_a_killed_mux_process_raises_instead_of_hanging():
 
 
 TRAINER = """
-import time, prefetch
+import sys, time, prefetch
 from tests import streams
-pool = prefetch.Pool(prefetch.Streamer(streams.endless, 0), batch_size=8, workers=2)
+pool = prefetch.Pool(prefetch.Streamer(streams.endless, 0), batch_size=8, workers=2, start_method=sys.argv[1])
 it = iter(pool)
 next(it)
 print(pool._res.segments[0].name, *[p.pid for _, p in pool._res.processes], flush=True)
@@ -149,8 +149,10 @@ def _alive(pid):
     return state != "Z"
 
 
-def test_a_sigkilled_trainer_leaves_no_process_and_no_shared_memory():
-    trainer = subprocess.Popen([sys.executable, "-c", TRAINER], cwd=ROOT, stdout=subprocess.PIPE,
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_sigkilled_trainer_leaves_no_process_and_no_shared_memory(method):
+    """Under forkserver the processes are the forkserver's children: it must exit with the trainer, and they too."""
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, method], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     try:
         name, *pids = trainer.stdout.readline().split()
