@@ -41,16 +41,19 @@ def _actor_class() -> Any:
     return _ACTOR
 
 
-def _check_placeable(demand: dict[str, float]) -> None:
-    """Refuse a per-worker demand that no node of the cluster could ever meet (the actors would wait for ever)."""
+def _check_placeable(demand: dict[str, float], workers: int) -> None:
+    """Refuse worker actors that the cluster's nodes could never hold all at once: the pool would wait for ever."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    if any(all(have.get(name, 0) >= amount for name, amount in demand.items()) for have in nodes):
+    room = sum(min((int(have.get(name, 0) / amount + 1e-9) for name, amount in demand.items()), default=workers)
+               for have in nodes)
+    if room >= workers:
         return
     wanted = ", ".join(f"{name}={amount:g}" for name, amount in demand.items())
     offered = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(have.items()) if not k.startswith("node:"))
                         for have in nodes)
-    raise ArgumentError(f"prefetch.ray.Pool: each worker actor asks for {wanted}, which no node of the Ray "
-                        f"cluster has (nodes offer: {offered or 'none'})")
+    raise ArgumentError(f"prefetch.ray.Pool: {workers} worker actors each asking for {wanted} do not fit in the Ray "
+                        f"cluster, whose nodes hold {room} of them (nodes offer: {offered or 'none'}); lower workers "
+                        "or the per-actor demand (num_cpus=0.5 lets two workers share a CPU)")
 
 
 class Pool(_LocalPool):
@@ -63,7 +66,8 @@ class Pool(_LocalPool):
         actor_options: any other option of Ray's `.options()` for the actors (scheduling_strategy,
             runtime_env, memory, ...).
 
-    Ray is initialised with `ray.init()` if it was not (as Ray itself does on first use).
+    Ray is initialised with `ray.init()` if it was not (as Ray itself does on first use). Workers
+    that the cluster's nodes could not hold all at once are refused at construction.
     """
 
     def __init__(self, source: Any, *, batch_size: int, workers: int, num_cpus: float = 1.0,
@@ -82,7 +86,7 @@ class Pool(_LocalPool):
             ray.init()
         self._actor_options = {**(actor_options or {}), "num_cpus": num_cpus, "resources": dict(resources or {})}
         demand = {"CPU": float(num_cpus), **{k: float(v) for k, v in (resources or {}).items()}}
-        _check_placeable({k: v for k, v in demand.items() if v > 0})
+        _check_placeable({k: v for k, v in demand.items() if v > 0}, workers)
         self._placement: Placement | None = None
         super().__init__(source, batch_size=batch_size, workers=workers, **pool_options)
 

@@ -206,9 +206,14 @@ def test_user_errors_name_the_stream_and_skip_counts():
     assert got == list(range(20))
 
 
-def test_a_demand_no_node_can_meet_is_refused_at_once():
-    with pytest.raises(ArgumentError, match=r"gpu_node=1.*no node"):
+def test_workers_the_cluster_cannot_hold_are_refused_at_once():
+    """Actors Ray cannot place would wait for ever, and the pool with them."""
+    with pytest.raises(ArgumentError, match=r"gpu_node=1 do not fit.*hold 0 of them"):
         prefetch.ray.Pool(Streamer(streams.endless, 0), batch_size=8, workers=1, resources={"gpu_node": 1})
+    with pytest.raises(ArgumentError, match=r"5 worker actors.*far=1.*hold 4 of them"):
+        prefetch.ray.Pool(Streamer(streams.endless, 0), batch_size=8, workers=5, **FAR)
+    with pytest.raises(ArgumentError, match=r"4 worker actors.*CPU=1.*hold 3 of them"):
+        prefetch.ray.Pool(Streamer(streams.endless, 0), batch_size=8, workers=4)
     with pytest.raises(ArgumentError, match="workers"):
         prefetch.ray.Pool(Streamer(streams.endless, 0), batch_size=8, workers=0)
 
@@ -248,3 +253,15 @@ def test_a_sigkilled_trainer_takes_its_actors_mux_process_and_shared_memory_with
         trainer.kill()
         trainer.wait(5)
         trainer.stdout.close()
+
+
+def test_the_torch_loader_takes_a_ray_pool():
+    torch = pytest.importorskip("torch")
+    import prefetch.torch
+
+    pool = prefetch.ray.Pool(Streamer(streams.numbered, 0, 40), batch_size=16, workers=1, **FAR)
+    with prefetch.torch.Loader(pool) as loader:
+        got = [batch for batch in loader]
+    assert [len(b["y"]) for b in got] == [16, 16, 8]
+    assert all(isinstance(b["x"], torch.Tensor) for b in got)
+    assert torch.cat([b["y"] for b in got]).tolist() == list(range(40))

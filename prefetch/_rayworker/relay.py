@@ -52,7 +52,6 @@ class RayWorker:
 
     def __init__(self, actor_class: Any, actor_options: dict[str, Any], config: WorkerConfig,
                  placement: Placement) -> None:
-        self.name = f"worker {config.worker_id} (Ray actor)"
         self.exitcode: int | None = None
         self.cause: str | None = None
         """Why the actor ended, as Ray tells it (None: it was stopped)."""
@@ -92,9 +91,10 @@ class RayWorker:
         import ray
 
         ctx = zmq.Context()
-        link = _Link(ctx, self.config, self.placement)
+        link: _Link | None = None
         died = False
         try:
+            link = _Link(ctx, self.config, self.placement)
             node, self.pid = ray.get(self.actor.place.remote())
             config = dataclasses.replace(self.config, endpoint=link.endpoint)
             in_place = node == self.placement.node
@@ -103,11 +103,12 @@ class RayWorker:
         except Exception as exc:  # Ray's account of the actor's death, or a failure of the relay itself
             died, self.cause = True, f"{type(exc).__name__}: {exc}"
         finally:
-            link.close()
-            ctx.term()
+            if link is not None:
+                link.close()
+                if died and self.cause is None:
+                    self.cause = link.cause
+            ctx.destroy(linger=0)  # closes any socket a failed start left open
             self._kill_actor()
-            if died and self.cause is None:
-                self.cause = link.cause
             self.exitcode = 1 if died else 0
             self.stopping.set()
 
