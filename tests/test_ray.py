@@ -7,6 +7,7 @@ travel through Ray's object store. Workers on the head node write the slots in p
 
 from __future__ import annotations
 
+import json
 import multiprocessing.forkserver
 import os
 import signal
@@ -265,3 +266,18 @@ def test_the_torch_loader_takes_a_ray_pool():
     assert [len(b["y"]) for b in got] == [16, 16, 8]
     assert all(isinstance(b["x"], torch.Tensor) for b in got)
     assert torch.cat([b["y"] for b in got]).tolist() == list(range(40))
+
+
+def test_bench_ray_measures_both_placements_and_the_transfer_ceiling(tmp_path):
+    """`prefetch bench --ray` starts its own two-node cluster (in a process of its own here) and reports all three."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "prefetch.cli", "bench", "--workloads", "small", "--workers", "1",
+                           "--ray", "--quick", "--seconds", "0.3", "--no-progress", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rates = {r["runner"]: r["samples_per_s"] for r in data["results"]}
+    assert {"prefetch", "prefetch.ray, same node", "prefetch.ray, other node", "ray.get from other node"} <= set(rates)
+    assert all(rate > 0 for rate in rates.values())
+    assert any(t["target"].startswith("small: prefetch.ray, other node MB/s") for t in data["targets"])

@@ -110,7 +110,6 @@ class RayWorker:
             ctx.destroy(linger=0)  # closes any socket a failed start left open
             self._kill_actor()
             self.exitcode = 1 if died else 0
-            self.stopping.set()
 
 
 class _Link:
