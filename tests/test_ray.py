@@ -260,8 +260,8 @@ def test_the_torch_loader_takes_a_ray_pool():
     torch = pytest.importorskip("torch")
     import prefetch.torch
 
-    pool = prefetch.ray.Pool(Streamer(streams.numbered, 0, 40), batch_size=16, workers=1, **FAR)
-    with prefetch.torch.Loader(pool) as loader:
+    with prefetch.ray.Pool(Streamer(streams.numbered, 0, 40), batch_size=16, workers=1, **FAR) as pool, \
+            prefetch.torch.Loader(pool) as loader:
         got = [batch for batch in loader]
     assert [len(b["y"]) for b in got] == [16, 16, 8]
     assert all(isinstance(b["x"], torch.Tensor) for b in got)

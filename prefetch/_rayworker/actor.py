@@ -29,8 +29,11 @@ from .._worker import WorkerConfig, _Writer, serve
 
 
 def rows_index(rows: np.ndarray) -> slice | np.ndarray:
-    """A slice for rows that run consecutively (a view, no gather), else the rows themselves."""
-    if len(rows) and int(rows[-1]) - int(rows[0]) == len(rows) - 1 and bool(np.all(np.diff(rows) == 1)):
+    """A slice for rows that run consecutively (a view, no gather), else the rows themselves.
+
+    A FILL's rows are ascending and distinct, so first and last tell whether they run on.
+    """
+    if len(rows) and int(rows[-1]) - int(rows[0]) == len(rows) - 1:
         return slice(int(rows[0]), int(rows[-1]) + 1)
     return rows
 
