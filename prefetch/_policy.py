@@ -12,7 +12,7 @@ Protocol, as a driver uses it:
   `ended(slot)` says the stream in `slot` ended (budget or exhaustion) and returns
   the activations that replace it. An activation opens child `child` of the mux
   with at most `budget` samples (None: until it ends). `live()` maps each active
-  slot to its child.
+  slot to its child, and `slots` says how many slots there are.
 
 State: `get_state()` is a dict of copies of everything the policy knows, its RNG
 included (cheap: the planner takes one per block); `jsonable()` turns it into plain
@@ -24,6 +24,7 @@ prefetch versions (a pool's state carries its format number).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,23 +113,20 @@ def _pick(rng: Rng, mass: np.ndarray) -> int:
     return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), len(mass) - 1))
 
 
-def _draw_slots(rng: Rng, mass: np.ndarray, n: int) -> np.ndarray:
-    """n slot indices drawn independently with probability proportional to `mass`."""
-    cum = np.cumsum(mass)
+def _draw_slots(rng: Rng, cum: np.ndarray, n: int) -> np.ndarray:
+    """n slot indices drawn independently with probability proportional to a mass whose running sum is `cum`."""
     picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
-    return np.minimum(picks, len(mass) - 1)
+    return np.minimum(picks, len(cum) - 1, out=picks)
 
 
 def _cut_at_budget(choices: np.ndarray, budget: np.ndarray) -> np.ndarray:
-    """The prefix of `choices` that ends at the first row exhausting some slot's budget."""
-    if np.isinf(budget).all():
+    """The prefix of `choices` that ends at the first row exhausting some slot's budget (inf: none)."""
+    counts = np.bincount(choices, minlength=len(budget))
+    spent = np.flatnonzero((counts >= budget) & (counts > 0)).tolist()
+    if not spent:
         return choices
-    order = np.argsort(choices, kind="stable")
-    ranked = choices[order]
-    occurrence = np.empty(len(choices), dtype=np.int64)
-    occurrence[order] = np.arange(1, len(choices) + 1) - np.searchsorted(ranked, ranked, side="left")
-    spent = np.flatnonzero(occurrence >= budget[choices])
-    return choices[:spent[0] + 1] if len(spent) else choices
+    cut = min(int(np.flatnonzero(choices == slot)[int(budget[slot]) - 1]) for slot in spent)
+    return choices[:cut + 1]
 
 
 class StochasticPolicy:
@@ -147,6 +145,7 @@ class StochasticPolicy:
         n = len(weights)
         self.weights = np.array(weights, dtype=float)
         self.n_active, self.rate, self.mode, self.dist = n_active, rate, mode, dist
+        self.slots = n_active
         self.prune_empty_streams = prune_empty_streams
         self.rng = rng
         self.child = np.full(n_active, -1)
@@ -156,8 +155,15 @@ class StochasticPolicy:
         self.visited = np.zeros(n, dtype=bool)
         self.activations = np.zeros(n, dtype=np.int64)
         self.empty_since_sample: set[int] = set()
+        self._mass: tuple[np.ndarray, np.ndarray] | None = None
+        """Cached (_slot_mass, its running sum): both change only with the active streams or the weights."""
+        self._usable: np.ndarray | None = None
+        """Cached mask of streams with weight that were not pruned."""
 
     STATE = ("weights", "child", "budget", "produced", "pruned", "visited", "activations")
+
+    def _changed(self) -> None:
+        self._mass = self._usable = None
 
     @property
     def predictable(self) -> bool:
@@ -166,10 +172,11 @@ class StochasticPolicy:
 
     def set_weights(self, weights: np.ndarray) -> None:
         self.weights = np.array(weights, dtype=float)
+        self._changed()
 
     def get_state(self) -> dict[str, Any]:
         state = _arrays_state(self, self.STATE)
-        state["budget"] = [None if np.isinf(b) else b for b in self.budget.tolist()]
+        state["budget"] = [None if b == math.inf else b for b in self.budget.tolist()]
         state["empty_since_sample"] = sorted(self.empty_since_sample)
         return state
 
@@ -177,6 +184,7 @@ class StochasticPolicy:
         state = {**state, "budget": [np.inf if b is None else b for b in state["budget"]]}
         _set_arrays_state(self, self.STATE, state)
         self.empty_since_sample = set(state["empty_since_sample"])
+        self._changed()
 
     def live(self) -> dict[int, Any]:
         return {s: int(c) for s, c in enumerate(self.child.tolist()) if c >= 0}
@@ -185,21 +193,24 @@ class StochasticPolicy:
         started = [self._activate(slot, initial=True) for slot in range(self.n_active)]
         return [a for a in started if a is not None]
 
-    def _slot_mass(self) -> np.ndarray:
-        live = self.child >= 0
-        mass = np.zeros(self.n_active)
-        if live.any():
-            kids = self.child[live]
-            copies = np.bincount(kids, minlength=len(self.weights))
-            mass[live] = self.weights[kids] / copies[kids]
-        return mass
+    def _slot_mass(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each active slot's share of the draws (its stream's weight shared among its copies), and the running sum."""
+        if self._mass is None:
+            live = self.child >= 0
+            mass = np.zeros(self.n_active)
+            if live.any():
+                kids = self.child[live]
+                copies = np.bincount(kids, minlength=len(self.weights))
+                mass[live] = self.weights[kids] / copies[kids]
+            self._mass = mass, np.cumsum(mass)
+        return self._mass
 
     def choose(self, n: int) -> np.ndarray:
-        mass = self._slot_mass()
-        if not mass.any():
+        _, cum = self._slot_mass()
+        if not cum[-1] > 0:
             self._check_starved()
             return np.empty(0, dtype=np.int64)
-        return _cut_at_budget(_draw_slots(self.rng, mass, n), np.where(self.child >= 0, self.budget, np.inf))
+        return _cut_at_budget(_draw_slots(self.rng, cum, n), self.budget)
 
     def advance(self, choices: np.ndarray) -> list[int]:
         if len(choices) == 0:
@@ -223,18 +234,22 @@ class StochasticPolicy:
                         f"every stream with positive weight ({hopeful.tolist()}) yielded nothing since the "
                         "last sample and prune_empty_streams=False, so the mux would restart them forever"
                     )
-        self.child[slot] = -1
+        self.child[slot], self.budget[slot] = -1, np.inf
+        self._changed()
         activation = self._activate(slot)
         return [] if activation is None else [activation]
 
     def _eligible(self, initial: bool) -> np.ndarray:
-        ok = (self.weights > 0) & ~self.pruned
+        if self._usable is None:
+            self._usable = (self.weights > 0) & ~self.pruned
+        ok = self._usable
         if self.mode == "exhaustive":
-            ok &= ~self.visited
-        active = np.zeros_like(ok)
-        active[self.child[self.child >= 0]] = True
-        if self.mode == "single_active" or (initial and (ok & ~active).any()):
-            ok &= ~active
+            ok = ok & ~self.visited
+        if self.mode == "single_active" or initial:
+            active = np.zeros_like(ok)
+            active[self.child[self.child >= 0]] = True
+            if self.mode == "single_active" or (ok & ~active).any():
+                ok = ok & ~active
         return ok
 
     def _activate(self, slot: int, initial: bool = False) -> Activation | None:
@@ -254,6 +269,7 @@ class StochasticPolicy:
         self.budget[slot] = np.inf if budget is None else budget
         self.visited[kid] = True
         self.activations[kid] += 1
+        self._mass = None
         return Activation(slot, kid, budget)
 
     def _draw_budget(self, kid: int, slot: int) -> int | None:
@@ -263,11 +279,10 @@ class StochasticPolicy:
         if self.dist == "constant":
             return max(1, round(rate))
         if self.dist == "binomial":
-            others = self._slot_mass()
-            others[slot] = 0.0
+            others = self._slot_mass()[0].sum()  # the slot is empty while its next stream is drawn
             copies = 1 + int(np.sum(self.child == kid)) - int(self.child[slot] == kid)
             mine = self.weights[kid] / copies
-            p = mine / (others.sum() + mine)
+            p = mine / (others + mine)
             if p <= 0.9999:
                 return 1 + int(self.rng.binomial(round((rate - 1) / (1 - p)), 1 - p))
         return 1 + int(self.rng.poisson(rate - 1))
@@ -288,6 +303,7 @@ class ShuffledPolicy:
 
     def __init__(self, weights: np.ndarray, rng: Rng) -> None:
         self.weights = np.array(weights, dtype=float)
+        self.slots = len(self.weights)
         self.user_zero = self.weights == 0
         self.rng = rng
         self.produced = np.zeros(len(weights), dtype=np.int64)
@@ -320,7 +336,7 @@ class ShuffledPolicy:
                     "stream is empty; give them weight or leave them out of the mux"
                 )
             return np.empty(0, dtype=np.int64)
-        return _draw_slots(self.rng, self.weights, n)
+        return _draw_slots(self.rng, np.cumsum(self.weights), n)
 
     def advance(self, choices: np.ndarray) -> list[int]:
         self.produced += np.bincount(choices, minlength=len(self.weights))
@@ -339,6 +355,7 @@ class RoundRobinPolicy:
 
     def __init__(self, n_streams: int, mode: str, rng: Rng) -> None:
         self.n, self.mode, self.rng = n_streams, mode, rng
+        self.slots = n_streams
         self.alive = np.zeros(n_streams, dtype=bool)
         self.order = np.arange(n_streams)
         self.next_slot = 0
@@ -391,6 +408,7 @@ class ChainPolicy:
 
     def __init__(self, children: Callable[[], Iterator[Any]], mode: str) -> None:
         self.children, self.mode = children, mode
+        self.slots = 1
         self.pass_children: Iterator[Any] = iter(())
         self.pass_produced = 0
         self.taken = 0

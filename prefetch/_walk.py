@@ -2,25 +2,52 @@
 
 The in-process muxes and the pool's planner drive the same Walk, so both make the
 same choices for the same seed. Being an object rather than a generator, a walk
-can be saved (`get_state`), restored (`set_state`) and copied (the planner's
-look-ahead runs a copy ahead of the real one to open activations early).
+can be saved (`get_state`) and restored (`set_state`).
 
     start() ──> activations
     loop:  draw(cap) ──> choices of the next rows (None: the pass is over)
            finish(delivered, exhausted) ──> (ended slots, activations replacing them)
+
+Drawing ahead: `extend()` walks the policy one block further than the driver has
+got, as if every row of it will be delivered, and keeps the block in a journal.
+`draw` then replays journal blocks instead of asking the policy again, so the
+planner's look-ahead (which opens foreseen activations early) costs no second
+walk. A block that does not play out as foreseen (a stream ran out early) sends
+the policy back to where that block started, drops the journal, and is walked
+again for real; `rewind()` drops the blocks past the current one (a reweighting).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ._errors import PrefetchError
 from ._policy import Activation
 
 BLOCK = 256
 """Rows of stream choices drawn at a time; fixed so that every driver draws the same."""
+
+
+@dataclass
+class Block:
+    """A block drawn ahead: what a replay gives back, and where a rewind goes back to."""
+
+    before: dict[str, Any]
+    """The policy's state before the block was drawn."""
+    remaining: int | None
+    """The walk's rows left before the block."""
+    size: int
+    """Rows asked of the policy (the choices may be fewer: cut after a budget runs out)."""
+    choices: np.ndarray
+    ended: list[int]
+    activations: list[Activation]
+    opened: list[Any] = field(default_factory=list)
+    """What the driver opened ahead for the block's activations (the planner's foreseen instances)."""
 
 
 class Walk:
@@ -33,13 +60,32 @@ class Walk:
         self.choices: np.ndarray | None = None
         self.block = 0
         self.drawn_from: dict[str, Any] | None = None
+        self.ahead: deque[Block] = deque()
+        """The journal: blocks drawn ahead, the current one first while it is replayed; the policy stands after them."""
+        self.ahead_rows = 0
+        self.replaying = False
+        self.foreseen: Block | None = None
+        """The block the last finish() completed, when it played out as drawn ahead."""
+        self.rewinds = 0
+        """How many times the journal lost blocks it had drawn ahead (for drivers that count what they opened)."""
 
     def start(self) -> list[Activation]:
         return self.policy.start()
 
+    def _size(self) -> int:
+        return BLOCK if self.remaining is None else min(BLOCK, self.remaining)
+
     def draw(self, cap: Callable[[int], int] | None = None) -> np.ndarray | None:
-        """The active slot of each of the next rows (cut after a budget runs out); None when the pass is over."""
-        n = BLOCK if self.remaining is None else min(BLOCK, self.remaining)
+        """The active slot of each of the next rows (cut after a budget runs out); None when the pass is over.
+
+        A block from the journal comes back as it was drawn: a driver whose `cap`
+        could cut it rewinds first (see `rewind`).
+        """
+        if self.ahead:
+            block = self.ahead[0]
+            self.choices, self.block, self.drawn_from, self.replaying = block.choices, block.size, block.before, True
+            return block.choices
+        n = self._size()
         if n <= 0:
             return None
         if cap is not None:
@@ -58,6 +104,20 @@ class Walk:
         Returns the slots that ended and the activations that replace them, in order.
         """
         choices, self.choices = self.choices, None
+        self.foreseen = None
+        if self.replaying:
+            self.replaying = False
+            block = self.ahead.popleft()
+            self.ahead_rows -= len(block.choices)
+            if delivered == len(choices) and exhausted is None:
+                self.foreseen = block
+                return block.ended, block.activations
+            self._go_back(block, keep=0)
+            self.policy.choose(block.size)
+        return self._advance(choices, delivered, exhausted)
+
+    def _advance(self, choices: np.ndarray, delivered: int, exhausted: int | None
+                 ) -> tuple[list[int], list[Activation]]:
         if self.remaining is not None:
             self.remaining -= delivered
         ended, activations = [], []
@@ -69,14 +129,60 @@ class Walk:
             activations += self.policy.ended(exhausted)
         return ended, activations
 
+    def extend(self) -> Block | None:
+        """Draw one more block ahead, as if all its rows will be delivered; None if none can be drawn ahead now.
+
+        None also when the pass would end there, or the policy would raise there
+        (the driver meets the same end, or error, when it gets there for real).
+        """
+        if self.choices is not None and not self.replaying:
+            return None
+        n = self._size()
+        if n <= 0:
+            return None
+        before, remaining = self.policy.get_state(), self.remaining
+        try:
+            choices = self.policy.choose(n)
+            if len(choices) == 0:
+                return None
+            ended, activations = self._advance(choices, len(choices), None)
+        except PrefetchError:
+            self.policy.set_state(before)
+            self.remaining = remaining
+            return None
+        block = Block(before, remaining, n, choices, ended, activations)
+        self.ahead.append(block)
+        self.ahead_rows += len(choices)
+        return block
+
+    def rewind(self) -> None:
+        """Drop the blocks drawn ahead past the current one; the policy goes back to where they began."""
+        keep = 1 if self.replaying else 0
+        if len(self.ahead) > keep:
+            self._go_back(self.ahead[keep], keep)
+
+    def _go_back(self, block: Block, keep: int) -> None:
+        """Put the policy where it stood before `block`; the journal keeps only its first `keep` blocks."""
+        self.policy.set_state(block.before)
+        self.remaining = block.remaining
+        self.rewinds += 1
+        while len(self.ahead) > keep:
+            self.ahead_rows -= len(self.ahead.pop().choices)
+
     def get_state(self) -> dict[str, Any]:
         """Where the walk stands: the policy before the current block was drawn, and that block's size."""
-        current = self.choices is not None
-        policy = self.drawn_from if current else self.policy.get_state()
-        return {"policy": policy, "block": self.block if current else None, "remaining": self.remaining}
+        if self.choices is not None:
+            remaining = self.ahead[0].remaining if self.replaying else self.remaining
+            return {"policy": self.drawn_from, "block": self.block, "remaining": remaining}
+        if self.ahead:
+            return {"policy": self.ahead[0].before, "block": None, "remaining": self.ahead[0].remaining}
+        return {"policy": self.policy.get_state(), "block": None, "remaining": self.remaining}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from a get_state of a walk over the same mux: the current block is drawn again."""
+        self.ahead.clear()
+        self.ahead_rows, self.replaying, self.foreseen = 0, False, None
+        self.rewinds += 1
         self.policy.set_state(state["policy"])
         self.remaining = state["remaining"]
         self.choices = None

@@ -102,3 +102,16 @@ def test_a_restored_snapshot_plans_the_same_next_batches(depth):
     second, _, _ = make(lengths)
     second.restore(state)
     assert plans(second, lengths, 10) == expected
+
+
+@pytest.mark.parametrize("lengths", [[None, None, None], [5, 40, 3, None]])
+def test_a_reweighting_lands_on_its_batch_whatever_was_drawn_ahead(lengths):
+    runs = []
+    for lookahead in (True, False):
+        planner, _, _ = make(lengths, lookahead=lookahead)
+        head = plans(planner, lengths, 6)
+        planner.add_weights(9, [1.0, 0.0, 0.0, 5.0][:len(lengths)])
+        runs.append((head, plans(planner, lengths, 30)))
+    assert runs[0] == runs[1]
+    after = [key for batch in runs[0][1][3:] for key, _ in batch]
+    assert 1 not in after and 2 not in after, "weight 0 streams were drawn after the reweighting"

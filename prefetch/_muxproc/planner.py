@@ -28,7 +28,7 @@ position (a jump for streams with `seek`).
 
 from __future__ import annotations
 
-import copy
+import itertools
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,6 +66,16 @@ class Plan:
 
 
 @dataclass
+class Window:
+    """A block in the planner's window: its choices, how many of its rows the window reads, and the instances
+    the activations before it brought (slot, instance), as the look-ahead opened them."""
+
+    choices: np.ndarray
+    rows: int
+    launched: list[tuple[int, Any]]
+
+
+@dataclass
 class Leaves:
     """The leaf streams of the source tree, as placed by the pool (indices are keys in OPEN)."""
 
@@ -77,76 +87,97 @@ class Lookahead:
     """Opens the activations a StochasticMux with a finite rate will make next, before the planner reaches them.
 
     It keeps a slots' worth of rows and two activations per worker ahead, so that
-    every worker has a start-up to overlap. A copy of the walk runs ahead of the real
-    one, as if every stream delivered its
-    whole budget: which stream, with which budget and seed, comes from the seeded
-    policy alone. Its activations are opened at once, in the workers they will run in.
-    The planner claims them in order; the first that differs (a finite stream ended
-    early and changed the next choice, or a reweighting) drops them all, closing their
-    instances (work wasted, never a different batch), and the copy restarts from the
-    real walk.
+    every worker has a start-up to overlap. The walk draws blocks ahead as if every
+    stream delivered its whole budget (`Walk.extend`): which stream, with which
+    budget and seed, comes from the seeded policy alone. Each block's activations
+    are opened at once, in the workers they will run in, and kept on the block.
+    When the planner finishes a block as foreseen it claims them in order; a block
+    that went otherwise (a finite stream ended early and changed the next choice)
+    or a reweighting drops the blocks ahead, closing their instances (work wasted,
+    never a different batch).
     """
 
     def __init__(self, planner: Planner, rows_ahead: int, activations_ahead: int) -> None:
         self.planner, self.rows_ahead, self.activations_ahead = planner, rows_ahead, activations_ahead
-        self.queue: deque[tuple[tuple[int, Any, int, int], Handle]] = deque()
+        self.claimable: deque[tuple[tuple[int, Any, int, int], Handle]] = deque()
         self.pending: Counter[int] = Counter()
         self.pending_placed = 0
-        self.shadow: Walk | None = None
-        self.lead = 0
+        self.opened = 0
+        self.rewinds = 0
         self.hits = self.misses = 0
 
     def reset(self) -> None:
-        if self.queue:
-            self.misses += len(self.queue)
-        self.queue.clear()
+        """The walk is gone (the epoch ended): what it had opened ahead is wasted."""
+        self.misses += self.opened
+        self.claimable.clear()
         self.pending.clear()
-        self.pending_placed = 0
-        self.shadow = None
+        self.pending_placed = self.opened = self.rewinds = 0
+
+    def _sync(self, walk: Walk) -> None:
+        """Count again what is opened ahead, if the walk dropped blocks since last time."""
+        if walk.rewinds == self.rewinds:
+            return
+        self.rewinds = walk.rewinds
+        self.claimable.clear()
+        before = self.opened
+        self.pending.clear()
+        self.pending_placed = self.opened = 0
+        for block in walk.ahead:
+            for (key, _, _, placement), _ in block.opened:
+                self._count(key, placement, 1)
+        self.misses += before - self.opened
+
+    def _count(self, key: int, placement: int, n: int) -> None:
+        self.pending[key] += n
+        self.pending_placed += n * (placement >= 0)
+        self.opened += n
+
+    def finished(self, walk: Walk) -> None:
+        """The planner finished a block: what was opened for its activations may now be claimed."""
+        self._sync(walk)
+        while self.claimable:
+            self._drop(self.claimable.popleft())
+        if walk.foreseen is not None:
+            self.claimable.extend(walk.foreseen.opened)
+
+    def _drop(self, entry: tuple[tuple[int, Any, int, int], Handle]) -> None:
+        (key, _, _, placement), _ = entry
+        self._count(key, placement, -1)
 
     def claim(self, ident: tuple[int, Any, int, int]) -> Handle | None:
         """The opened instance of the activation (key, budget, number, placement), if it was foreseen."""
-        if self.queue and self.queue[0][0] == ident:
-            (key, _, _, placement), handle = self.queue.popleft()
-            self.pending[key] -= 1
-            self.pending_placed -= placement >= 0
-            self.hits += 1
-            return handle
-        self.reset()
+        while self.claimable:
+            entry = self.claimable.popleft()
+            self._drop(entry)
+            if entry[0] == ident:
+                self.hits += 1
+                return entry[1]
+            self.misses += 1
         return None
 
-    def top_up(self, walk: Walk, delivered: int) -> None:
-        """After the real walk finished a block of `delivered` rows: walk the copy on and open what it foresees."""
-        if not getattr(walk.policy, "predictable", False):
+    def top_up(self, walk: Walk) -> None:
+        """After the real walk finished a block: draw blocks ahead and open the activations they foresee."""
+        if not getattr(walk.policy, "predictable", False) or self.planner.pending_weights:
             return
-        if self.shadow is None:
-            self.shadow = copy.deepcopy(walk)
-            self.shadow.saving = False
-            self.lead = 0
-        else:
-            self.lead -= delivered
+        self._sync(walk)
         for _ in range(LOOKAHEAD_STEPS):
-            enough = self.lead >= self.rows_ahead and len(self.queue) >= self.activations_ahead
-            if enough or len(self.queue) >= LOOKAHEAD_MAX:
+            enough = walk.ahead_rows >= self.rows_ahead and self.opened >= self.activations_ahead
+            if enough or self.opened >= LOOKAHEAD_MAX:
                 return
-            choices = self.shadow.draw()
-            if choices is None:
+            block = walk.extend()
+            if block is None:
                 return
-            _, activations = self.shadow.finish(len(choices), None)
-            self.lead += len(choices)
-            for a in activations:
-                self._open(a)
+            block.opened = [self._open(a) for a in block.activations]
 
-    def _open(self, a: Activation) -> None:
+    def _open(self, a: Activation) -> tuple[tuple[int, Any, int, int], Handle]:
         planner, table = self.planner, self.planner.instances
         leaf = planner.source._child(a.child)
         key, index, pickled, label, replicated = planner.leaf_key(leaf)
         activation = table.activations[key] + self.pending[key]
         placement = -1 if replicated else table.placed + self.pending_placed
         handle = planner.open(key, index, pickled, label, a.budget, replicated, activation, placement)
-        self.queue.append(((key, a.budget, activation, placement), handle))
-        self.pending[key] += 1
-        self.pending_placed += not replicated
+        self._count(key, placement, 1)
+        return (key, a.budget, activation, placement), handle
 
 
 class Planner:
@@ -233,13 +264,19 @@ class Planner:
             self.mode, self.walk, self.block_pos = "flat", source._walk(None, saving=True), 0
             self.control.policy = self.walk.policy
             self._launch(self.walk.start())
-            self.lookahead.top_up(self.walk, 0)
+            self.lookahead.top_up(self.walk)
 
     def _end_epoch(self) -> None:
         self.mode, self.walk, self.leaf, self.driver = None, None, None, None
         self.live.clear()
         self.lookahead.reset()
         self.epoch_wanted = self.epoch_rows > 0
+
+    def add_weights(self, at: int, weights: list[float]) -> None:
+        """Reweight from batch `at` on: blocks drawn ahead with the old weights past the current one are dropped."""
+        self.pending_weights[at] = weights
+        if self.walk is not None:
+            self.walk.rewind()
 
     def cap(self, n: int) -> int:
         """Rows of choices the policy may draw now: none past the first row of a reweighted batch."""
@@ -302,10 +339,13 @@ class Planner:
         return True
 
     def _rows_from_walk(self, n: int) -> bool:
-        """Whole blocks of stream choices at a time, with numpy; False while a chosen instance has too few samples.
+        """Rows from a window of the walk's blocks, with numpy; False while a chosen instance has too few samples.
 
-        The rows before the first one that cannot be served yet are kept, so planning
-        resumes where it stopped.
+        The window is the rest of the current block and the blocks drawn ahead after
+        it, up to the batch's end. Its rows are grouped by instance once, so a stream
+        that spans blocks is one part of the batch, and the Python work is per
+        instance, not per slot and block. The rows before the first one that cannot be
+        served yet are kept, so planning resumes where it stopped.
         """
         walk = self.walk
         while self.filled < n:
@@ -313,41 +353,98 @@ class Planner:
                 if walk.draw(self.cap) is None:
                     return True
                 self.block_pos = 0
-            choices = walk.choices
-            segment = choices[self.block_pos:self.block_pos + n - self.filled]
-            needs = np.bincount(segment)
-            cut, exhausted, waiting = len(segment), None, False
+            blocks, handles, rows = self._window(n - self.filled)
+            needs = np.bincount(rows)
+            cut, waiting = len(rows), False
             for j in np.flatnonzero(needs).tolist():
-                need, handle = int(needs[j]), self.live[j]
-                have = handle.available(need)
+                need = int(needs[j])
+                have = handles[j].available(need)
                 if have < need:
-                    at = int(np.flatnonzero(segment == j)[have])
+                    at = int(np.flatnonzero(rows == j)[have])
                     if at < cut:
-                        cut = at
-                        exhausted, waiting = (j, False) if handle.ended else (None, True)
+                        cut, waiting = at, not handles[j].ended
+            cut = self._advance_blocks(blocks, cut, waiting)
             if cut:
-                taken = segment[:cut]
+                taken = rows[:cut]
                 order = np.argsort(taken, kind="stable") + self.filled
                 start = 0
                 for j, count in enumerate(np.bincount(taken).tolist()):
                     if count:
-                        self._add(self.live[j].take(count), order[start:start + count])
+                        self._add(handles[j].take(count), order[start:start + count])
                         start += count
                 self.filled += cut
-                self.block_pos += cut
             if waiting:
                 return False
-            if exhausted is not None or self.block_pos == len(choices):
-                self._finish_block(exhausted)
         return True
+
+    def _window(self, want: int) -> tuple[list[Window], list[Handle], np.ndarray]:
+        """Up to `want` rows: the current block's rest, then blocks drawn ahead, each row as an index into handles."""
+        walk = self.walk
+        index: dict[int, int] = {}
+        handles: list[Handle] = []
+
+        def number(handle: Handle) -> int:
+            j = index.setdefault(id(handle), len(index))
+            if j == len(handles):
+                handles.append(handle)
+            return j
+
+        slot_map = np.full(walk.policy.slots, -1)
+        for slot, handle in self.live.items():
+            slot_map[slot] = number(handle)
+        segment = slot_map[walk.choices[self.block_pos:self.block_pos + want]]
+        windows, segments, total = [Window(walk.choices, len(segment), [])], [segment], len(segment)
+        journal = list(walk.ahead) if walk.replaying else []
+        for previous, block in itertools.pairwise(journal):
+            if total >= want or len(previous.opened) != len(previous.activations):
+                break
+            launched = [(a.slot, handle) for a, (_, handle) in zip(previous.activations, previous.opened, strict=True)]
+            slot_map = slot_map.copy()
+            for slot, handle in launched:
+                slot_map[slot] = number(handle)
+            segment = slot_map[block.choices[:want - total]]
+            windows.append(Window(block.choices, len(segment), launched))
+            segments.append(segment)
+            total += len(segment)
+        rows = segments[0] if len(segments) == 1 else np.concatenate(segments)
+        return windows, handles, rows
+
+    def _advance_blocks(self, windows: list[Window], cut: int, waiting: bool) -> int:
+        """Move the walk past the window's first `cut` rows, finishing the blocks they complete.
+
+        A stream that ran out at row `cut` (not `waiting`) ends its block there. If a
+        block's activations did not bring the instances the window assumed, the
+        window stops at that block (it never happens when the look-ahead foresaw
+        right; the check keeps a batch exact if it did not). Returns the rows kept.
+        """
+        start = 0
+        for k, window in enumerate(windows):
+            if k:
+                drawn = self.walk.draw(self.cap)
+                self.block_pos = 0
+                if drawn is not window.choices or any(
+                        self.live.get(slot) is not handle for slot, handle in window.launched):
+                    return start
+            end = start + window.rows
+            if cut < end:
+                self.block_pos += cut - start
+                if not waiting:
+                    self._finish_block(int(window.choices[self.block_pos]))
+                return cut
+            self.block_pos += window.rows
+            if self.block_pos == len(window.choices):
+                self._finish_block(None)
+            start = end
+        return cut
 
     def _finish_block(self, exhausted: int | None) -> None:
         delivered = self.block_pos
         ended, activations = self.walk.finish(delivered, exhausted)
         for slot in ended:
             self.live.pop(slot, None)
+        self.lookahead.finished(self.walk)
         self._launch(activations)
-        self.lookahead.top_up(self.walk, delivered)
+        self.lookahead.top_up(self.walk)
 
     def _launch(self, activations: list[Activation]) -> None:
         for a in activations:

@@ -179,7 +179,7 @@ class MuxProcess:
         elif isinstance(message, NextEpoch):
             self.planner.epoch_wanted = True
         elif isinstance(message, Weights):
-            self.planner.pending_weights[message.at] = message.weights
+            self.planner.add_weights(message.at, message.weights)
         elif isinstance(message, Stats):
             self.to_trainer(Stats(self.stats()))
         elif isinstance(message, State):

@@ -96,8 +96,7 @@ class Cache:
         for _ in range(3):
             fd = self._open_sound(target, sha, size)
             if fd is None:
-                self._fetch(target, sha, size, fetch)
-                fd = self._open_sound(target, sha, size)
+                fd = self._fetch(target, sha, size, fetch)
             if fd is not None:
                 if self.limit is not None and self.added > self.limit // 10:
                     self.evict()
@@ -130,28 +129,42 @@ class Cache:
                 os.close(fd)
             raise
 
-    def _fetch(self, target: Path, sha: str, size: int, fetch: Callable[[], Iterable[bytes]]) -> None:
+    def _fetch(self, target: Path, sha: str, size: int, fetch: Callable[[], Iterable[bytes]]) -> int | None:
+        """Download, verify and rename into place; the descriptor, still held (None: evicted at once, try again).
+
+        The download's exclusive lock becomes the holder's shared lock on the same
+        descriptor, so another process's eviction (with a small limit) cannot remove
+        the file between its arrival and its first read.
+        """
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
         digest = hashlib.sha256()
         written = 0
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            with open(temp, "wb") as out:
-                fcntl.flock(out.fileno(), fcntl.LOCK_EX)  # tells eviction that this download is alive
+            fcntl.flock(fd, fcntl.LOCK_EX)  # tells eviction that this download is alive
+            with open(fd, "wb", closefd=False) as out:
                 for chunk in fetch():
                     digest.update(chunk)
                     out.write(chunk)
                     written += len(chunk)
-                if digest.hexdigest() != sha or written != size:
-                    raise VolumeError(f"file {sha[:12]}... arrived corrupted ({written} bytes, expected {size}; "
-                                      f"its SHA-256 is {digest.hexdigest()[:12]}...)")
-                out.flush()
-                os.utime(temp, ns=(time.time_ns(), VERIFIED_MTIME_NS))
-                os.replace(temp, target)  # still locked, so eviction cannot take it for a dead download's
+            if digest.hexdigest() != sha or written != size:
+                raise VolumeError(f"file {sha[:12]}... arrived corrupted ({written} bytes, expected {size}; "
+                                  f"its SHA-256 is {digest.hexdigest()[:12]}...)")
+            os.utime(fd, ns=(time.time_ns(), VERIFIED_MTIME_NS))
+            os.replace(temp, target)  # still locked, so eviction cannot take it for a dead download's
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self.added += written
+            if os.fstat(fd).st_nlink == 0:  # evicted in the instant the lock changed hands
+                os.close(fd)
+                return None
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
-        self.added += written
 
     def evict(self) -> None:
         """Remove the least recently read files until the cache holds at most `limit` bytes.

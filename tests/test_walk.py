@@ -1,0 +1,117 @@
+"""The walk and its journal: blocks drawn ahead never change a walk, and a rewind or a snapshot lands exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefetch import StochasticMux, Streamer
+from prefetch._policy import _cut_at_budget
+
+
+def walk_of(n_streams: int, n_active: int, rate: float, mode: str, dist: str, seed: int):
+    mux = StochasticMux([Streamer(range, 1) for _ in range(n_streams)], n_active=n_active, rate=rate,
+                        mode=mode, dist=dist, random_state=seed)
+    return mux._walk(None, saving=True)
+
+
+def drive(walk, events, ahead: int, reweight_at: int | None = None):
+    """The walk's record: activations, and per block (choices, delivered, exhausted, ended, activations).
+
+    `events` decides each block's delivery (full, or a stream running out at some row);
+    `ahead` blocks are drawn ahead before each block; after block `reweight_at` the
+    weights change (the planner rewinds when they arrive, during that block).
+    """
+    record = [[(a.slot, a.child, a.budget) for a in walk.start()]]
+    for k, (full, cut) in enumerate(events):
+        while len(walk.ahead) < ahead and walk.extend() is not None:
+            pass
+        choices = walk.draw()
+        if choices is None:
+            break
+        if k == reweight_at:  # new weights arrive during the block, for the rows after it
+            walk.rewind()
+        delivered, exhausted = len(choices), None
+        if not full:
+            delivered = cut % len(choices)
+            exhausted = int(choices[delivered])
+        ended, activations = walk.finish(delivered, exhausted)
+        if k == reweight_at:
+            walk.policy.set_weights(np.arange(1, len(walk.policy.weights) + 1, dtype=float))
+        record.append((choices.tolist(), delivered, exhausted, ended,
+                       [(a.slot, a.child, a.budget) for a in activations]))
+    return record
+
+
+modes = st.sampled_from(["with_replacement", "single_active", "exhaustive"])
+dists = st.sampled_from(["constant", "binomial", "poisson"])
+events = st.lists(st.tuples(st.booleans() | st.just(True), st.integers(0, 10**6)), max_size=40)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 5), st.floats(1, 80), modes, dists, st.integers(0, 2**31), events,
+       st.integers(1, 12))
+def test_blocks_drawn_ahead_never_change_the_walk(n_streams, n_active, rate, mode, dist, seed, events, ahead):
+    n_active = n_active if mode == "with_replacement" else min(n_active, n_streams)
+    plain = drive(walk_of(n_streams, n_active, rate, mode, dist, seed), events, ahead=0)
+    journaled = drive(walk_of(n_streams, n_active, rate, mode, dist, seed), events, ahead=ahead)
+    assert journaled == plain
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 6), st.floats(2, 40), st.integers(0, 2**31), st.integers(1, 20), st.integers(1, 12))
+def test_a_rewind_before_reweighting_changes_only_what_follows(n_streams, rate, seed, at, ahead):
+    full = [(True, 0)] * 30
+    plain = drive(walk_of(n_streams, 2, rate, "with_replacement", "binomial", seed), full, 0, reweight_at=at)
+    journaled = drive(walk_of(n_streams, 2, rate, "with_replacement", "binomial", seed), full, ahead,
+                      reweight_at=at)
+    assert journaled == plain
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.floats(1, 40), st.integers(0, 2**31), st.integers(0, 15), st.integers(0, 12),
+       st.booleans())
+def test_a_state_taken_while_replaying_restores_the_same_walk(n_streams, rate, seed, depth, ahead, mid_block):
+    first = walk_of(n_streams, 3, rate, "with_replacement", "poisson", seed)
+    drive(first, [(True, 0)] * depth, ahead)
+    while len(first.ahead) < ahead and first.extend() is not None:
+        pass
+    if mid_block:
+        first.draw()
+    state = first.get_state()
+    second = walk_of(n_streams, 3, rate, "with_replacement", "poisson", seed)
+    second.set_state(state)
+    if not mid_block:
+        first.draw()
+        second.draw()
+    assert second.choices.tolist() == first.choices.tolist()
+    first.finish(len(first.choices), None)
+    second.finish(len(second.choices), None)
+    rest = [(True, 0)] * 10
+    assert drive_on(first, rest) == drive_on(second, rest)
+
+
+def drive_on(walk, events):
+    out = []
+    for _ in events:
+        choices = walk.draw()
+        if choices is None:
+            break
+        ended, activations = walk.finish(len(choices), None)
+        out.append((choices.tolist(), ended, [(a.slot, a.child, a.budget) for a in activations]))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=300),
+       st.lists(st.one_of(st.integers(1, 60), st.just(None)), min_size=8, max_size=8))
+def test_a_block_is_cut_at_the_first_row_that_spends_a_budget(choices, budgets):
+    budget = np.array([np.inf if b is None else b for b in budgets], dtype=float)
+    left, expected = list(budget), len(choices)
+    for row, slot in enumerate(choices):
+        left[slot] -= 1
+        if left[slot] <= 0:
+            expected = row + 1
+            break
+    assert _cut_at_budget(np.array(choices), budget).tolist() == choices[:expected]
