@@ -205,6 +205,8 @@ class Planner:
         self.driver: Iterator[Any] | None = None
         self.parts: list[tuple[RemoteInstance, np.ndarray]] = []
         self.filled = 0
+        self.awaiting: Handle | None = None
+        """The instance whose next sample the walk waits for: nothing to plan until it has one (or ends)."""
         self.samples: Counter[str] = Counter()
 
     # --- instances --------------------------------------------------------------------------------
@@ -348,6 +350,10 @@ class Planner:
         served yet are kept, so planning resumes where it stopped.
         """
         walk = self.walk
+        if self.awaiting is not None:
+            if self.awaiting.available(1) == 0 and not self.awaiting.ended:
+                return False
+            self.awaiting = None
         while self.filled < n:
             if walk.choices is None:
                 if walk.draw(self.cap) is None:
@@ -363,6 +369,8 @@ class Planner:
                     at = int(np.flatnonzero(rows == j)[have])
                     if at < cut:
                         cut, waiting = at, not handles[j].ended
+                        if waiting:
+                            self.awaiting = handles[j]
             cut = self._advance_blocks(blocks, cut, waiting)
             if cut:
                 taken = rows[:cut]
@@ -375,6 +383,7 @@ class Planner:
                 self.filled += cut
             if waiting:
                 return False
+            self.awaiting = None
         return True
 
     def _window(self, want: int) -> tuple[list[Window], list[Handle], np.ndarray]:
