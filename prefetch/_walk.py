@@ -68,8 +68,11 @@ class Walk:
         """The block the last finish() completed, when it played out as drawn ahead."""
         self.rewinds = 0
         """How many times the journal lost blocks it had drawn ahead (for drivers that count what they opened)."""
+        self.saved: dict[str, Any] | None = None
+        """The policy's state, taken since the policy last changed (a snapshot between blocks, then the next draw)."""
 
     def start(self) -> list[Activation]:
+        self.saved = None
         return self.policy.start()
 
     def _size(self) -> int:
@@ -91,7 +94,8 @@ class Walk:
         if cap is not None:
             n = cap(n)
         if self.saving:
-            self.drawn_from = self.policy.get_state()
+            self.drawn_from = self._policy_state()
+        self.saved = None
         choices = self.policy.choose(n)
         if len(choices) == 0:
             return None
@@ -118,6 +122,7 @@ class Walk:
 
     def _advance(self, choices: np.ndarray, delivered: int, exhausted: int | None
                  ) -> tuple[list[int], list[Activation]]:
+        self.saved = None
         if self.remaining is not None:
             self.remaining -= delivered
         ended, activations = [], []
@@ -140,7 +145,8 @@ class Walk:
         n = self._size()
         if n <= 0:
             return None
-        before, remaining = self.policy.get_state(), self.remaining
+        before, remaining = self._policy_state(), self.remaining
+        self.saved = None
         try:
             choices = self.policy.choose(n)
             if len(choices) == 0:
@@ -164,6 +170,7 @@ class Walk:
     def _go_back(self, block: Block, keep: int) -> None:
         """Put the policy where it stood before `block`; the journal keeps only its first `keep` blocks."""
         self.policy.set_state(block.before)
+        self.saved = block.before
         self.remaining = block.remaining
         self.rewinds += 1
         while len(self.ahead) > keep:
@@ -176,7 +183,17 @@ class Walk:
             return {"policy": self.drawn_from, "block": self.block, "remaining": remaining}
         if self.ahead:
             return {"policy": self.ahead[0].before, "block": None, "remaining": self.ahead[0].remaining}
-        return {"policy": self.policy.get_state(), "block": None, "remaining": self.remaining}
+        return {"policy": self._policy_state(), "block": None, "remaining": self.remaining}
+
+    def _policy_state(self) -> dict[str, Any]:
+        if self.saved is None:
+            self.saved = self.policy.get_state()
+        return self.saved
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Reweight the policy where it stands (drivers rewind first if blocks were drawn ahead)."""
+        self.policy.set_weights(weights)
+        self.saved = None
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from a get_state of a walk over the same mux: the current block is drawn again."""
@@ -184,6 +201,7 @@ class Walk:
         self.ahead_rows, self.replaying, self.foreseen = 0, False, None
         self.rewinds += 1
         self.policy.set_state(state["policy"])
+        self.saved = None
         self.remaining = state["remaining"]
         self.choices = None
         if state["block"] is not None:

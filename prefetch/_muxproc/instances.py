@@ -93,11 +93,15 @@ class ReplicatedInstance:
         first = replicas[0]
         self.key, self.activation, self.label = first.key, first.activation, first.label
 
-    def _order(self) -> list[RemoteInstance]:
-        """The replicas to draw from for the current batch, the preferred one first, drained ones out."""
-        k = self.batch_index() % len(self.replicas)
-        order = self.replicas[k:] + self.replicas[:k]
-        return [r for r in order if not r.drained()]
+    def _order(self) -> Iterator[RemoteInstance]:
+        """The replicas to draw from for the current batch, the preferred one first, drained ones out (lazily:
+        the preferred one usually serves the whole batch)."""
+        replicas = self.replicas
+        k = self.batch_index()
+        for i in range(len(replicas)):
+            replica = replicas[(k + i) % len(replicas)]
+            if not replica.drained():
+                yield replica
 
     def _limit(self, n: int) -> int:
         return n if self.budget is None else min(n, self.budget - self.count)

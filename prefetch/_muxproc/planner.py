@@ -291,7 +291,9 @@ class Planner:
 
     def _apply_weights(self, weights: list[float]) -> None:
         self.source.weights = np.asarray(weights, dtype=float)
-        if self.control.policy is not None:
+        if self.walk is not None:
+            self.walk.set_weights(self.source.weights)
+        elif self.control.policy is not None:
             self.control.policy.set_weights(self.source.weights)
 
     # --- batches ----------------------------------------------------------------------------------
