@@ -16,9 +16,11 @@ An epoch::
     (none) ──wanted──> running ──last batch planned──> (none)   [next one wanted at once unless empty]
 
 Reweighting cut-offs: a `set_weights` from the trainer applies from an exact batch;
-no choice past its first row is drawn before it. The flat strategy also runs a
-`Lookahead`, which opens the activations the policy is about to make, so that a
-stream's start-up overlaps other streams' production.
+no choice past its first row is drawn before it (blocks the walk drew ahead are
+dropped when new weights arrive). The flat strategy also runs a `Lookahead`, which
+has the walk draw blocks ahead and opens the activations they foresee, so that a
+stream's start-up overlaps other streams' production; the planner then replays
+those blocks, a window of several at a time.
 
 State: at every batch boundary `snapshot()` says where the planner stands (walk,
 live instances and their positions, activation counts), and `restore()` continues
@@ -205,8 +207,9 @@ class Planner:
         self.driver: Iterator[Any] | None = None
         self.parts: list[tuple[RemoteInstance, np.ndarray]] = []
         self.filled = 0
-        self.awaiting: Handle | None = None
-        """The instance whose next sample the walk waits for: nothing to plan until it has one (or ends)."""
+        self.awaiting: list[tuple[Handle, int]] = []
+        """While the walk waits: each instance of the planned window short of samples, and how many more rows it
+        needs there. A batch goes out whole, so nothing is planned again until they all have them (or one ends)."""
         self.samples: Counter[str] = Counter()
 
     # --- instances --------------------------------------------------------------------------------
@@ -271,12 +274,14 @@ class Planner:
     def _end_epoch(self) -> None:
         self.mode, self.walk, self.leaf, self.driver = None, None, None, None
         self.live.clear()
+        self.awaiting = []
         self.lookahead.reset()
         self.epoch_wanted = self.epoch_rows > 0
 
     def add_weights(self, at: int, weights: list[float]) -> None:
         """Reweight from batch `at` on: blocks drawn ahead with the old weights past the current one are dropped."""
         self.pending_weights[at] = weights
+        self.awaiting = []
         if self.walk is not None:
             self.walk.rewind()
 
@@ -352,10 +357,11 @@ class Planner:
         served yet are kept, so planning resumes where it stopped.
         """
         walk = self.walk
-        if self.awaiting is not None:
-            if self.awaiting.available(1) == 0 and not self.awaiting.ended:
-                return False
-            self.awaiting = None
+        if self.awaiting and not any(h.ended or h.available(need) < need for h, need in self.awaiting):
+            self.awaiting = []
+        if self.awaiting and not any(h.ended for h, _ in self.awaiting):
+            return False
+        self.awaiting = []
         while self.filled < n:
             if walk.choices is None:
                 if walk.draw(self.cap) is None:
@@ -363,29 +369,31 @@ class Planner:
                 self.block_pos = 0
             blocks, handles, rows = self._window(n - self.filled)
             needs = np.bincount(rows)
-            cut, waiting = len(rows), False
+            cut, waiting, short = len(rows), False, []
             for j in np.flatnonzero(needs).tolist():
                 need = int(needs[j])
                 have = handles[j].available(need)
                 if have < need:
+                    if not handles[j].ended:
+                        short.append(j)
                     at = int(np.flatnonzero(rows == j)[have])
                     if at < cut:
                         cut, waiting = at, not handles[j].ended
-                        if waiting:
-                            self.awaiting = handles[j]
-            cut = self._advance_blocks(blocks, cut, waiting)
+            kept = self._advance_blocks(blocks, cut, waiting)
+            if kept < cut:  # the window went otherwise than foreseen past `kept`: plan again from there
+                cut, waiting = kept, False
+            counts = np.bincount(rows[:cut], minlength=len(handles))
             if cut:
-                taken = rows[:cut]
-                order = np.argsort(taken, kind="stable") + self.filled
+                order = np.argsort(rows[:cut], kind="stable") + self.filled
                 start = 0
-                for j, count in enumerate(np.bincount(taken).tolist()):
+                for j, count in enumerate(counts.tolist()):
                     if count:
                         self._add(handles[j].take(count), order[start:start + count])
                         start += count
                 self.filled += cut
             if waiting:
+                self.awaiting = [(handles[j], int(needs[j] - counts[j])) for j in short]
                 return False
-            self.awaiting = None
         return True
 
     def _window(self, want: int) -> tuple[list[Window], list[Handle], np.ndarray]:
