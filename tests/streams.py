@@ -30,6 +30,19 @@ def global_random(tag):
         yield {"a": np.random.random(), "b": np.float64(random.random()), "tag": np.int64(tag)}
 
 
+def gaussian_walk(tag, every=1):
+    """A legacy Gaussian every `every` samples (every other one is the cached one) and a `random.random()` per
+    sample, from the global RNGs, with the seed its instance was given: what an isolated run with that seed
+    must reproduce. With `every=0`, the same fields and no RNG at all."""
+    import random
+
+    seed = prefetch.worker_info().seed
+    for i in itertools.count():
+        g = np.random.randn() if every and i % every == 0 else 0.0
+        r = random.random() if every else 0.0
+        yield {"g": np.float64(g), "r": np.float64(r), "tag": np.int64(tag), "seed": np.int64(seed)}
+
+
 def sharded(n):
     """A finite source that reads its own shard through worker_info()."""
     info = prefetch.worker_info()
