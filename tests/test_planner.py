@@ -116,11 +116,3 @@ def test_a_reweighting_lands_on_its_batch_whatever_was_drawn_ahead(lengths):
     after = [key for batch in runs[0][1][3:] for key, _ in batch]
     assert 1 not in after and 2 not in after, "weight 0 streams were drawn after the reweighting"
 
-
-def test_while_waiting_for_an_instance_planning_again_sends_nothing_until_it_reports():
-    planner, sent, lengths = make([None, None, None])
-    assert planner.running() and planner.next_batch() is None
-    asked = len(sent)
-    assert planner.next_batch() is None and len(sent) == asked
-    serve(planner, lengths)
-    assert planner.next_batch() is not None
