@@ -152,9 +152,15 @@ _MT19937_BYTES = 624 * 4 + 4
 _marked: list[Any] = [None, 0]
 
 
+_get_bit_generator = getattr(np.random, "get_bit_generator", None)  # numpy >= 1.25
+
+
 def _np_mark() -> bytes | None:
-    """The global numpy generator's raw state as bytes, read in place; None if it is not numpy's own MT19937."""
-    generator = np.random.get_bit_generator()
+    """The global numpy generator's raw state as bytes, read in place; None if it is not numpy's own MT19937
+    (or numpy is too old to say), and then the state is always saved."""
+    if _get_bit_generator is None:
+        return None
+    generator = _get_bit_generator()
     if type(generator) is not np.random.MT19937:
         return None
     if _marked[0] is not generator:  # keep a reference, so that its address stays valid
