@@ -147,10 +147,15 @@ class Open(Message):
 
 @_message(ToWorker.WANT)
 class Want(Message):
-    """Make at least the instance's first `total` samples ready: the mux is waiting for them."""
+    """Make at least the instance's first `total` samples ready, and keep `window` ready from now on.
+
+    The mux is waiting for them: the window it had did not cover the time a report
+    takes to come back, so the mux sends a larger one (see InstanceTable.want).
+    """
 
     iid: int
     total: int
+    window: int
 
 
 @_message(ToWorker.SKIP)

@@ -206,9 +206,11 @@ class _Producer:
         if kind == "open":
             self.open(args[0])
         elif kind == "want":
-            inst = self.instances.get(args[0])
+            iid, total, window = args
+            inst = self.instances.get(iid)
             if inst is not None:
-                inst.wanted = max(inst.wanted, args[1])
+                inst.wanted = max(inst.wanted, total)
+                inst.window = max(inst.window, window)
                 self.schedule(inst)
         elif kind == "skip":
             counts, done = args
@@ -527,7 +529,7 @@ class _Writer:
         if isinstance(message, Fill):
             self.pending.extend(("fill", slot, parts) for slot, parts in message.fills)
         elif isinstance(message, Want):
-            commands.put(("want", message.iid, message.total))
+            commands.put(("want", message.iid, message.total, message.window))
         elif isinstance(message, Open):
             commands.put(("open", message))
         elif isinstance(message, (Skip, Close, Describe)):
@@ -620,7 +622,7 @@ class _Writer:
                         need = inst.first + taken[iid]
                         if need > inst.asked:
                             inst.asked = need
-                            self.producer.commands.put(("want", iid, need))
+                            self.producer.commands.put(("want", iid, need, 0))
                     return False
                 runs.append((inst, rows))
             rows_by_part, samples, names = [], [], []
@@ -631,7 +633,7 @@ class _Writer:
                 inst.first += len(rows)
                 names.append(f"stream {inst.name}")
                 if len(ready) <= inst.window // 2 and not inst.finished:
-                    self.producer.commands.put(("want", inst.iid, 0))
+                    self.producer.commands.put(("want", inst.iid, 0, 0))
             part = None
             rows = rows_by_part[0]
             if len(names) > 1:

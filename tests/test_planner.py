@@ -68,6 +68,26 @@ def test_planning_never_blocks_it_asks_for_samples_and_says_it_waits():
     assert plan is not None and plan.rows == 16
 
 
+def test_each_wait_doubles_the_window_a_worker_keeps_ready_up_to_a_slots_worth():
+    sent = []
+    table = InstanceTable(lambda worker, message: sent.append(message), 2, 11, 0, 512)
+    other = table.open(0, 0, None, "a", None, None, 0, 0)  # a second instance: a share of the rows each
+    inst = table.open(1, 1, None, "b", None, None, 0, 1)
+    first = inst.window
+    assert first < 512
+    windows = []
+    for step in range(1, 6):
+        assert inst.available(step * 10) == 0
+        windows.append(sent[-1].window)
+    assert windows == [min(first * 2 ** k, 512) for k in range(1, 6)] and windows[-1] == 512
+    table.on_avail([[inst.iid, 70, False]])
+    sent.clear()
+    assert inst.available(70) == 70 and sent == []  # no wait, no growth
+    budgeted = table.open(2, 2, None, "c", 40, None, 0, 2)
+    assert budgeted.available(30) == 0 and sent[-1].window == budgeted.window >= 40  # its whole budget already
+    assert other.window == first * 2  # opened first, with a larger share
+
+
 @pytest.mark.parametrize("lengths", [[None, None, None], [5, 40, 3, None], [7, 2, 30]])
 def test_the_lookahead_never_changes_a_batch(lengths):
     ahead, _, _ = make(lengths)

@@ -30,17 +30,18 @@ class RemoteInstance:
     """One instance in one worker. Counts are absolute positions in the activation's samples.
 
     known: made ready by the worker; assigned: given to rows by the planner;
-    filled: written into slots; requested: asked for with WANT.
+    filled: written into slots; requested: asked for with WANT. window: samples the worker keeps ready ahead.
     """
 
     __slots__ = ("__weakref__", "activation", "assigned", "budget", "ended", "filled", "iid", "key", "known", "label",
-                 "open", "placement", "requested", "table", "worker")
+                 "open", "placement", "requested", "table", "window", "worker")
 
     def __init__(self, table: InstanceTable, open_msg: Open, key: int, worker: int, placement: int,
                  label: str) -> None:
         self.table, self.open, self.key, self.worker, self.placement = table, open_msg, key, worker, placement
         self.iid, self.activation, self.budget, self.label = open_msg.iid, open_msg.activation, open_msg.budget, label
         self.known = self.assigned = self.requested = self.filled = open_msg.skip
+        self.window = open_msg.window
         self.ended = False
 
     def available(self, need: int) -> int:
@@ -211,13 +212,22 @@ class InstanceTable:
         return activation, placement
 
     def want(self, inst: RemoteInstance, target: int) -> None:
-        """Ask for more than the worker's window when the planner waits for samples up to `target`."""
+        """Ask for samples up to `target`: the planner waits for them.
+
+        A wait means the instance's window did not cover the time between a worker
+        making samples and the planner learning of them, at the rate this instance is
+        drawn. So each new wait doubles its window, up to a slots' worth of rows (or its
+        budget): a stream drawn often, or by a busy worker, soon keeps enough ready,
+        and one that never made the planner wait keeps its first share.
+        """
         if inst.budget is not None:
             target = min(target, inst.budget)
         self.waiting.add(inst.worker)
         if target > inst.requested:
             inst.requested = target
-            self.send(inst.worker, Want(inst.iid, target))
+            cap = self.slot_rows if inst.budget is None else min(inst.budget, self.slot_rows)
+            inst.window = max(inst.window, min(2 * inst.window, cap))
+            self.send(inst.worker, Want(inst.iid, target, inst.window))
 
     def on_avail(self, reports: list[list[Any]]) -> None:
         for iid, ready, ended in reports:

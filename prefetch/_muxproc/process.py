@@ -200,7 +200,7 @@ class MuxProcess:
             self.links.send(worker, segment)
         for inst in self.instances.hosted_by(worker):
             inst.requested = inst.filled
-            self.links.send(worker, dataclasses.replace(inst.open, skip=inst.filled))
+            self.links.send(worker, dataclasses.replace(inst.open, skip=inst.filled, window=inst.window))
         if not self.segments and self.describing is not None and self.describing[0] == worker:
             self.links.send(*self.describing)  # its answer died with the worker
         for slot, parts in self.slots.owed_by(worker):
