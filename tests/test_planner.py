@@ -96,6 +96,19 @@ def test_the_lookahead_never_changes_a_batch(lengths):
     assert ahead.lookahead.hits > 0 and plain.lookahead.hits == 0
 
 
+def test_until_the_first_batch_is_planned_the_lookahead_opens_only_what_it_needs():
+    planner, sent, lengths = make([None, None, None], rate=1000, n_active=1)
+
+    def opened():
+        return sum(isinstance(message, Open) for _, message in sent)
+
+    assert planner.running() and planner.next_batch() is None
+    assert opened() <= 2  # the first activation, and the one its block ends with
+    serve(planner, lengths)
+    assert planner.next_batch() is not None
+    assert opened() >= 1 + planner.lookahead.activations_ahead
+
+
 def test_endless_streams_are_foreseen_every_time_and_early_ends_waste_only_opened_instances():
     endless_planner, _, lengths = make([None, None, None])
     plans(endless_planner, lengths, 60)

@@ -158,12 +158,19 @@ class Lookahead:
         return None
 
     def top_up(self, walk: Walk) -> None:
-        """After the real walk finished a block: draw blocks ahead and open the activations they foresee."""
+        """After the real walk finished a block: draw blocks ahead and open the activations they foresee.
+
+        Until the epoch's first batch is planned, only as far as that batch: start-ups
+        opened further ahead would compete for the cores with those it needs.
+        """
         if not getattr(walk.policy, "predictable", False) or self.planner.pending_weights:
             return
         self._sync(walk)
+        first = self.planner.epoch_index == 0
+        rows_ahead = min(self.planner.batch_size, self.rows_ahead) if first else self.rows_ahead
+        activations_ahead = 0 if first else self.activations_ahead
         for _ in range(LOOKAHEAD_STEPS):
-            enough = walk.ahead_rows >= self.rows_ahead and self.opened >= self.activations_ahead
+            enough = walk.ahead_rows >= rows_ahead and self.opened >= activations_ahead
             if enough or self.opened >= LOOKAHEAD_MAX:
                 return
             block = walk.extend()
@@ -328,6 +335,8 @@ class Planner:
         plan.epoch_batches = self.epoch_index
         if ended:
             self._end_epoch()
+        elif self.mode == "flat" and self.epoch_index == 1 and rows:
+            self.lookahead.top_up(self.walk)  # the first batch is planned: now look as far ahead as usual
         return plan
 
     def _add(self, runs: list[tuple[RemoteInstance, int]], rows: np.ndarray) -> None:
