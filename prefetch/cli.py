@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="worker processes for prefetch and DataLoader; a list (1,2,4,8) sweeps them")
     bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
     bench.add_argument("--quick", action="store_true", help="at most 1 s per measurement, no DataLoader sweep")
+    bench.add_argument("--rounds", type=int, default=1,
+                       help="run every measurement this many times, round after round; report medians and ranges "
+                            "(ratios are taken within each round)")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--plot", metavar="FILE.png", help="draw samples/s against workers (needs matplotlib)")
@@ -89,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.ray_address and not args.ray:
             parser.error("--ray-address needs --ray")
+        if args.rounds < 1:
+            parser.error(f"--rounds needs a count >= 1, got {args.rounds}")
         return run(names, workers, seconds, not args.quick, args.json, not args.no_progress, args.plot,
-                   args.ray, args.ray_address)
+                   args.ray, args.ray_address, args.rounds)
     if args.command == "doctor":
         return _doctor(args.clean)
     if args.command == "volume":

@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from prefetch import _shm
 from prefetch.cli import main
 
@@ -51,6 +53,35 @@ def test_bench_quick_writes_json(tmp_path):
     runners = {r["runner"] for r in data["results"]}
     assert {"prefetch", "in-process", "numpy.copyto"} <= runners
     assert all(r["samples_per_s"] > 0 for r in data["results"])
+
+
+def test_bench_rounds_report_the_median_of_each_figure_and_ratios_taken_within_each_round(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--workloads", "small", "--seconds", "0.2", "--quick", "--rounds", "3", "--json", str(out),
+                 "--no-progress"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["rounds"] == 3
+    for result in data["results"]:
+        rates = result["extra"]["rounds"]
+        assert len(rates) == 3 and result["samples_per_s"] == sorted(rates)[1]
+    for target in data["targets"]:
+        values = [v for v in target["rounds"] if v is not None]
+        assert len(target["rounds"]) == 3 and (not values or target["value"] == sorted(values)[(len(values) - 1) // 2])
+    rates = {r["runner"]: r["extra"]["rounds"] for r in data["results"]}
+    peers = [t for t in data["targets"] if t["target"].startswith("small: prefetch / ")]
+    assert peers or set(rates) == {"prefetch", "in-process", "numpy.copyto"}  # peers only where installed
+    for target in peers:
+        peer = target["target"].removeprefix("small: prefetch / ").removesuffix(" (x2)")
+        assert target["rounds"] == pytest.approx([a / b for a, b in zip(rates["prefetch"], rates[peer], strict=True)])
+    printed = capsys.readouterr().out
+    assert "median of 3 rounds" in printed and "range" in printed
+
+
+def test_bench_rejects_zero_rounds(capsys):
+    with contextlib.suppress(SystemExit):
+        main(["bench", "--workloads", "small", "--rounds", "0"])
+    assert "--rounds needs a count >= 1" in capsys.readouterr().err
 
 
 def test_volume_commands_init_add_commit_log_query_clone(tmp_path, capsys):

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -173,26 +174,72 @@ def plot(results: list[runners.Result], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def median_round(rounds: list[list[runners.Result]]) -> list[runners.Result]:
+    """Each measurement's median over rounds (the lower middle one for an even count), its figures from that
+    round, with every round's samples/s in `extra["rounds"]`."""
+    out = []
+    for runs in zip(*rounds, strict=True):
+        rates = [r.samples_per_s for r in runs]
+        middle = runs[rates.index(statistics.median_low(rates))]
+        out.append(dataclasses.replace(middle, extra={**middle.extra, "rounds": rates}))
+    return out
+
+
+def median_targets(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each target's median over rounds, every ratio taken within its own round (so a drift of the machine
+    between rounds moves a runner and its peer together), with every round's value in "rounds"."""
+    out = []
+    for entries in zip(*rounds, strict=True):
+        values = [g["value"] for g in entries]
+        known = [v for v in values if v is not None]
+        middle = entries[values.index(statistics.median_low(known))] if known else entries[0]
+        out.append({**middle, "rounds": values})
+    return out
+
+
 def table(results: list[runners.Result], goals: list[dict[str, Any]]) -> str:
-    lines = [f"{'workload':<10} {'runner':<26} {'samples/s':>12} {'MB/s':>10} {'first batch':>12}  settings"]
+    """The figures, then the targets; with several rounds, each figure's range over them too."""
+    rounds = len(results[0].extra.get("rounds", [])) > 1 if results else False
+    spread = f" {'range':>15}" if rounds else ""
+    lines = [f"{'workload':<10} {'runner':<26} {'samples/s':>12}{spread} {'MB/s':>10} {'first batch':>12}  settings"]
     for r in results:
         first = "" if r.first_batch_s is None else f"{r.first_batch_s:.3f} s"
         settings = ", ".join(f"{k}={v}" for k, v in r.settings.items() if k != "prefetch_factor_tried")
-        lines.append(f"{r.workload:<10} {r.runner:<26} {r.samples_per_s:>12,.0f} {r.mb_per_s:>10,.1f} {first:>12}  "
-                     f"{settings}")
-    lines += ["", f"{'target':<72} {'goal':>8} {'measured':>10}  ok"]
+        span = f" {_span(r.extra['rounds'], _rate):>15}" if rounds else ""
+        lines.append(f"{r.workload:<10} {r.runner:<26} {r.samples_per_s:>12,.0f}{span} {r.mb_per_s:>10,.1f} "
+                     f"{first:>12}  {settings}")
+    ranges = f" {'range':>13}" if rounds else ""
+    lines += ["", f"{'target':<72} {'goal':>8} {'measured':>10}{ranges}  ok"]
     for g in goals:
         value = "n/a" if g["value"] is None else f"{g['value']:.3f}"
         mark = {True: "yes", False: "NO", None: "-"}[g["ok"]]
-        lines.append(f"{g['target']:<72} {g['goal']:>8} {value:>10}  {mark}")
+        span = f" {_span(g['rounds'], '{:.3f}'.format):>13}" if rounds else ""
+        lines.append(f"{g['target']:<72} {g['goal']:>8} {value:>10}{span}  {mark}")
     return "\n".join(lines)
 
 
+def _span(values: list[float | None], form: Callable[[float], str]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{form(min(known))}-{form(max(known))}" if known else "n/a"
+
+
+def _rate(value: float) -> str:
+    """Samples/s in three digits or so: 704k, 1.01M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
 def run(names: list[str], workers: list[int], seconds: float, sweep: bool, json_path: str | None,
-        progress: bool, plot_path: str | None = None, ray: bool = False, ray_address: str | None = None) -> int:
+        progress: bool, plot_path: str | None = None, ray: bool = False, ray_address: str | None = None,
+        rounds: int = 1) -> int:
     """Run the benchmark, print its table, write JSON and a plot if asked; 0 on completion.
 
     With `ray`, prefetch.ray.Pool runs too, on a Ray cluster started for the run (or at `ray_address`).
+    With several `rounds`, every measurement runs once per round, round after round, and
+    the report gives medians and ranges: on a busy or small machine one run of each
+    can put a ratio well off its typical value.
     """
     with contextlib.ExitStack() as stack:
         ray_runners = None
@@ -201,20 +248,24 @@ def run(names: list[str], workers: list[int], seconds: float, sweep: bool, json_
 
             ray_runners = stack.enter_context(ray_bench.cluster(ray_address))
         steps = plan(names, workers, seconds, sweep, ray_runners)
-        bar = Progress(len(steps), "measurements", progress)
-        results = []
-        for label, thunk in steps:
-            bar.step(label, count=0)
-            results.append(thunk())
-            bar.step()
+        bar = Progress(len(steps) * rounds, "measurements", progress)
+        by_round: list[list[runners.Result]] = []
+        for number in range(rounds):
+            by_round.append([])
+            for label, thunk in steps:
+                bar.step(label if rounds == 1 else f"round {number + 1}: {label}", count=0)
+                by_round[-1].append(thunk())
+                bar.step()
         bar.finish()
-    goals = targets(results, workers)
+    results = median_round(by_round) if rounds > 1 else by_round[0]
+    goals = median_targets([targets(r, workers) for r in by_round]) if rounds > 1 else targets(results, workers)
     print(f"prefetch bench: {','.join(map(str, workers))} workers, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, {seconds:g} s per measurement")
+          f"Python {platform.python_version()}, {seconds:g} s per measurement"
+          + (f", median of {rounds} rounds" if rounds > 1 else ""))
     print(table(results, goals))
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"workers": workers, "cores": os.cpu_count(), "seconds": seconds,
+            json.dump({"workers": workers, "cores": os.cpu_count(), "seconds": seconds, "rounds": rounds,
                        "python": platform.python_version(),
                        "results": [dataclasses.asdict(r) for r in results], "targets": goals}, f, indent=2)
     if plot_path:
