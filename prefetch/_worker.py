@@ -226,8 +226,9 @@ class _Producer:
             self.notify()
 
     def notify(self) -> None:
-        """Wake the writer (a full pipe already will)."""
-        with contextlib.suppress(BlockingIOError):
+        """Wake the writer (a full pipe already will; a closed one means the writer has finished, and this
+        thread, a daemon, ends with the process)."""
+        with contextlib.suppress(OSError):
             self.wake.send(b"x")
 
     def news(self) -> tuple[list[_Instance], int, list[Failure]]:

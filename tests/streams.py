@@ -22,6 +22,14 @@ def endless(tag, width=4):
         yield {"x": np.full(width, tag * 1_000_000 + i, np.int64), "y": np.int64(i), "tag": np.int64(tag)}
 
 
+def slow_start(tag, seconds, width=4):
+    """endless, after `seconds` of CPU work at its start (a stream that loads something)."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    yield from endless(tag, width)
+
+
 def global_random(tag):
     """Uses numpy's and Python's global RNGs, which the pool reseeds per stream instance."""
     import random

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -390,6 +391,28 @@ def test_close_is_idempotent_and_iteration_after_close_raises():
     pool.close()
     with pytest.raises(PoolClosedError):
         next(iter(pool))
+
+
+def test_a_worker_whose_producer_outlives_its_writer_exits_without_a_traceback(monkeypatch, capfd):
+    """The producer thread may still finish a step after the writer closed their pipe; the process's last
+    milliseconds are widened here to make that certain. Nothing may reach the user's stderr."""
+    from prefetch import _worker
+
+    close = _worker._Writer.close
+
+    def close_then_linger(self):
+        threading.excepthook = threading.__excepthook__  # pytest's hook would swallow what a user would see
+        close(self)
+        self.wake_r.close()
+        time.sleep(0.3)
+
+    monkeypatch.setattr(_worker._Writer, "close", close_then_linger)
+    slow = [Streamer(streams.slow_start, t, 0.05) for t in range(4)]  # the look-ahead starts the next ones
+    mux = StochasticMux(slow, n_active=1, rate=8, dist="constant", random_state=0)
+    with Pool(mux, batch_size=8, workers=2, start_method="fork") as pool:  # forked workers inherit the patch
+        next(iter(pool))  # then close while the producers are in the middle of start-ups
+    time.sleep(0.5)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_an_exception_in_the_training_loop_cleans_up():
