@@ -191,6 +191,17 @@ class _Producer:
         self.thread = threading.Thread(target=self.run, name="prefetch-producer", daemon=True)
 
     def run(self) -> None:
+        """Serve commands until STOP. A bug of ours in here is reported as the worker's failure: the thread
+        would otherwise end silently, and the FILLs waiting for its samples with it."""
+        try:
+            self.serve()
+        except Exception as exc:
+            with self.lock:
+                self.failures.append(failure("internal", exc, self.current, "the producer thread of worker "
+                                             f"{self.config.worker_id}", self.config.worker_id))
+            self.notify()
+
+    def serve(self) -> None:
         while True:
             try:
                 command = self.commands.get_nowait() if self.queue else self.commands.get(timeout=1.0)

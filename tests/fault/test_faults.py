@@ -18,6 +18,7 @@ from prefetch import (
     StochasticMux,
     Streamer,
     WorkerDiedError,
+    WorkerError,
 )
 
 from .. import streams
@@ -112,6 +113,20 @@ def test_a_stuck_worker_is_reported_after_the_timeout():
             pytest.raises(PoolTimeoutError, match=r"waiting on worker\(s\) \[0\]"):
         list(pool)
     assert time.monotonic() - start < 6
+
+
+def test_a_bug_in_a_workers_producer_thread_is_reported_instead_of_waited_on(monkeypatch):
+    from prefetch import _worker
+
+    def broken(self, inst):
+        raise RuntimeError("injected producer bug")
+
+    monkeypatch.setattr(_worker._Producer, "schedule", broken)  # the first OPEN reaches it
+    start = time.monotonic()
+    with Pool(Streamer(streams.endless, 0), batch_size=8, workers=2, start_method="fork", timeout=3.0) as pool, \
+            pytest.raises(WorkerError, match=r"producer thread of worker \d: RuntimeError: injected producer bug"):
+        next(iter(pool))
+    assert time.monotonic() - start < 5
 
 
 def test_a_killed_mux_process_raises_instead_of_hanging():
