@@ -69,10 +69,11 @@ def test_bench_rounds_report_the_median_of_each_figure_and_ratios_taken_within_e
         values = [v for v in target["rounds"] if v is not None]
         assert len(target["rounds"]) == 3 and (not values or target["value"] == sorted(values)[(len(values) - 1) // 2])
     rates = {r["runner"]: r["extra"]["rounds"] for r in data["results"]}
-    peers = [t for t in data["targets"] if t["target"].startswith("small: prefetch / ")]
-    assert peers or set(rates) == {"prefetch", "in-process", "numpy.copyto"}  # peers only where installed
-    for target in peers:
+    for target in [t for t in data["targets"] if t["target"].startswith("small: prefetch / ")]:
         peer = target["target"].removeprefix("small: prefetch / ").removesuffix(" (x2)")
+        if peer not in rates:  # the peer is not installed here
+            assert target["rounds"] == [None, None, None] and target["value"] is None
+            continue
         assert target["rounds"] == pytest.approx([a / b for a, b in zip(rates["prefetch"], rates[peer], strict=True)])
     printed = capsys.readouterr().out
     assert "median of 3 rounds" in printed and "range" in printed
