@@ -115,16 +115,20 @@ def test_a_stuck_worker_is_reported_after_the_timeout():
     assert time.monotonic() - start < 6
 
 
-def test_a_bug_in_a_workers_producer_thread_is_reported_instead_of_waited_on(monkeypatch):
+@pytest.mark.parametrize("thread, method, where", [
+    ("_Producer", "schedule", r"the producer thread of worker \d"),  # the first OPEN reaches it
+    ("_Writer", "fill", r"worker \d"),  # the first FILL reaches it
+])
+def test_a_bug_in_a_workers_own_threads_is_reported_instead_of_waited_on(monkeypatch, thread, method, where):
     from prefetch import _worker
 
-    def broken(self, inst):
-        raise RuntimeError("injected producer bug")
+    def broken(self, *args):
+        raise RuntimeError("injected bug")
 
-    monkeypatch.setattr(_worker._Producer, "schedule", broken)  # the first OPEN reaches it
+    monkeypatch.setattr(getattr(_worker, thread), method, broken)
     start = time.monotonic()
     with Pool(Streamer(streams.endless, 0), batch_size=8, workers=2, start_method="fork", timeout=3.0) as pool, \
-            pytest.raises(WorkerError, match=r"producer thread of worker \d: RuntimeError: injected producer bug"):
+            pytest.raises(WorkerError, match=where + r": RuntimeError: injected bug"):
         next(iter(pool))
     assert time.monotonic() - start < 5
 
