@@ -169,9 +169,12 @@ class RowWriter:
         return fields
 
     def write_many(self, samples: list[Any], rows: np.ndarray, arrays: list[np.ndarray | None],
-                   where: Callable[[int], str]) -> dict[int, list[Any]]:
-        """Write samples into `rows` (ascending) a field at a time; return object field values by row.
+                   where: Callable[[int], str], ordered: bool = True) -> dict[int, list[Any]]:
+        """Write sample i into row `rows[i]` a field at a time; return object field values by row.
 
+        `rows` are distinct, and ascending if `ordered` (then a run of consecutive rows
+        is written as a slice). A FILL of several streams passes each stream's rows in
+        turn, unordered, and the rows are scattered: cheaper than sorting the samples.
         `where(i)` names where sample i came from; it is asked only for an error message.
 
         The fast path writes each field with one numpy call and exact dtypes; anything
@@ -183,7 +186,7 @@ class RowWriter:
             if set(map(type, samples)) != {kind} or set(map(len, samples)) != {len(self.keys)}:
                 raise TypeError
             first, count = int(rows[0]), len(rows)
-            contiguous = int(rows[-1]) - first == count - 1
+            contiguous = ordered and int(rows[-1]) - first == count - 1
             for i, f in self.array_fields:
                 key, dest = f.key, arrays[i]
                 values = list(map(itemgetter(key), samples))

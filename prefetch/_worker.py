@@ -21,6 +21,7 @@ order: FILLs, CLOSEs and SKIPs are done first come, first served.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import itertools
@@ -637,28 +638,22 @@ class _Writer:
                             self.producer.commands.put(("want", iid, need, 0))
                     return False
                 runs.append((inst, rows))
-            rows_by_part, samples, names = [], [], []
+            rows_by_part, samples, names, ends = [], [], [], []
             for inst, rows in runs:
                 ready = inst.ready
                 rows_by_part.append(rows)
                 samples += [ready.popleft() for _ in range(len(rows))]
+                ends.append(len(samples))
                 inst.first += len(rows)
                 names.append(f"stream {inst.name}")
                 if len(ready) <= inst.window // 2 and not inst.finished:
                     self.producer.commands.put(("want", inst.iid, 0, 0))
-            part = None
-            rows = rows_by_part[0]
-            if len(names) > 1:
-                part = np.repeat(np.arange(len(names)), [len(r) for r in rows_by_part])
-                rows = np.concatenate(rows_by_part)
-                order = np.argsort(rows, kind="stable")
-                rows, part = rows[order], part[order]
-                samples = [samples[i] for i in order.tolist()]
+            rows = rows_by_part[0] if len(runs) == 1 else np.concatenate(rows_by_part)
 
             def where(i: int) -> str:
-                return names[0 if part is None else part[i]]
+                return names[bisect.bisect_right(ends, i)]
 
-            objects = self.writer.write_many(samples, rows, self.slot_arrays[slot], where)
+            objects = self.writer.write_many(samples, rows, self.slot_arrays[slot], where, ordered=len(runs) == 1)
         except (DataError, PrefetchError) as exc:
             self.fail("schema", exc, inst)
             return False

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefetch import DataError, Pool, PrefetchError, SchemaError, Streamer
+from prefetch import DataError, Pool, PrefetchError, SchemaError, StochasticMux, Streamer
 
 from .. import streams
 
@@ -94,3 +94,16 @@ def test_more_workers_than_the_user_may_start_is_refused():
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "workers=100 needs 101 processes" in out.stdout
     assert "RLIMIT_NPROC" in out.stdout
+
+
+@pytest.mark.parametrize("bad_first", [False, True])
+def test_a_malformed_sample_in_a_batch_of_several_streams_names_its_own_stream(bad_first):
+    """One worker writes both streams' rows of each batch at once; the error names the stream of the bad sample."""
+    good = Streamer(streams.with_bad_sample, 10**6, -1, None)
+    bad = Streamer(streams.with_bad_sample, 10**6, 40, {"x": np.zeros(4, np.float32), "y": 1})
+    mux = StochasticMux([bad, good] if bad_first else [good, bad], n_active=2, rate=None, random_state=1)
+    with pytest.raises(SchemaError, match=r"float32\[3\], got float32\[4\]") as info, \
+            Pool(mux, batch_size=64, workers=1) as pool:
+        for _ in pool:
+            pass
+    assert str(info.value).startswith("stream Streamer(with_bad_sample, 1000000, 40, ")
