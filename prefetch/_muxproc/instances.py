@@ -162,6 +162,8 @@ class InstanceTable:
         self.closing: defaultdict[int, list[int]] = defaultdict(list)
         self.activations: Counter[int] = Counter()
         """Confirmed activations per leaf key: the next one's number, which seeds it."""
+        self.counts: list[tuple[int, int]] | None = None
+        """`activations` sorted, for snapshots; None once it changed."""
         self.placed = 0
         """Confirmed activations of non-replicated leaves: the next one's worker is placed % workers."""
         self.next_iid = 0
@@ -207,6 +209,7 @@ class InstanceTable:
         """Count an activation the policy really made; its (activation number, placement)."""
         activation, placement = self.activations[key], self.placed
         self.activations[key] += 1
+        self.counts = None
         if not replicated:
             self.placed += 1
         return activation, placement
@@ -250,10 +253,14 @@ class InstanceTable:
         return [inst for iid, inst in sorted(self.instances.items()) if inst.worker == worker]
 
     def state(self) -> dict[str, Any]:
-        return {"activations": sorted(self.activations.items()), "placed": self.placed}
+        """Activation counts and placement (the counts' list is shared by snapshots until one changes)."""
+        if self.counts is None:
+            self.counts = sorted(self.activations.items())
+        return {"activations": self.counts, "placed": self.placed}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.activations = Counter({int(k): int(v) for k, v in state["activations"]})
+        self.counts = None
         self.placed = state["placed"]
 
 

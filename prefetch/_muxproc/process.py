@@ -223,9 +223,10 @@ class MuxProcess:
 
     def snapshot(self) -> None:
         """Keep the planner's state at this batch boundary while a trainer may still ask for it."""
-        self.snapshots[self.planner.seq] = self.planner.snapshot()
-        for seq in [s for s in self.snapshots if s < self.slots.floor]:
-            del self.snapshots[seq]
+        snapshots = self.snapshots
+        snapshots[self.planner.seq] = self.planner.snapshot()
+        while snapshots and (oldest := next(iter(snapshots))) < self.slots.floor:  # in seq order: drop the front
+            del snapshots[oldest]
 
     def plan_round(self) -> bool:
         """Plan batches into free slots until none is free, an epoch waits to be wanted, or samples are awaited."""
