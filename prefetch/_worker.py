@@ -85,6 +85,13 @@ REPLAY_STEP = 1024
 MID_STEP_MS = 10
 """While user code runs, how often the writer looks for samples it made (a stream may stall mid-step)."""
 
+NEWS_SECONDS = 0.01
+"""While it keeps producing, how often at most the producer wakes the writer with samples nobody waits for yet.
+
+Each wake-up costs the producer a hand-over of the GIL to the writer and back: a
+slow stream woken about every 2 ms lost a sixth of its time to them. Samples the
+planner or a FILL waits for, and the end of a production run, wake it at once."""
+
 _FIRST = operator.itemgetter(0)
 """The sample of a (sample, count) pair: zipping a stream with a counter counts its samples at C speed."""
 
@@ -187,6 +194,10 @@ class _Producer:
         self.skipped = 0
         self.busy = 0.0
         self.rng_owner: _Instance | None = None
+        self.awaited: dict[int, int] = {}
+        """Samples someone waits for (the planner's WANT, a FILL after a restart): instance -> position."""
+        self.told = 0.0
+        """When the writer was last woken with news."""
         self.current: _Instance | None = None
         """The instance whose user code runs now: its samples appear in `ready` one by one."""
         self.thread = threading.Thread(target=self.run, name="prefetch-producer", daemon=True)
@@ -221,6 +232,8 @@ class _Producer:
             iid, total, window = args
             inst = self.instances.get(iid)
             if inst is not None:
+                if total > inst.produced:
+                    self.awaited[iid] = max(self.awaited.get(iid, 0), total)
                 inst.wanted = max(inst.wanted, total)
                 inst.window = max(inst.window, window)
                 self.schedule(inst)
@@ -231,6 +244,7 @@ class _Producer:
             done.set()
         elif kind == "close":
             for iid in args[0]:
+                self.awaited.pop(iid, None)
                 closed = self.instances.pop(iid, None)
                 if closed is not None and closed is self.rng_owner:
                     self.rng_owner = None
@@ -337,7 +351,18 @@ class _Producer:
                 self.queue.remove(iid)
             if time.perf_counter() - start > CHUNK_SECONDS:
                 break
-        self.notify()
+        now = time.perf_counter()
+        if self.reached() or not self.queue or now - self.told >= NEWS_SECONDS:
+            self.told = now
+            self.notify()
+
+    def reached(self) -> bool:
+        """Whether some instance has now made the samples someone waits for (or finished); forgets those."""
+        done = [iid for iid, total in self.awaited.items()
+                if (inst := self.instances.get(iid)) is None or inst.finished or inst.produced >= total]
+        for iid in done:
+            del self.awaited[iid]
+        return bool(done)
 
     def use_rng_of(self, inst: _Instance) -> None:
         """Load the instance's `random` and `numpy.random` state, saving the previous owner's.
