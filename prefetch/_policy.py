@@ -373,6 +373,8 @@ class RoundRobinPolicy:
         self.order = np.arange(n_streams)
         self.next_slot = 0
         self.round_produced = 0
+        self._turns: tuple[np.ndarray, np.ndarray] | None = None
+        """Cached (live slots, those slots repeated, read-only): rows of a block are a slice of the repeat."""
 
     def get_state(self) -> dict[str, Any]:
         state = _arrays_state(self, ("alive", "order"))
@@ -382,6 +384,7 @@ class RoundRobinPolicy:
     def set_state(self, state: dict[str, Any]) -> None:
         _set_arrays_state(self, ("alive", "order"), state)
         self.next_slot, self.round_produced = state["next_slot"], state["round_produced"]
+        self._turns = None
 
     def live(self) -> dict[int, Any]:
         return {s: int(self.order[s]) for s in np.flatnonzero(self.alive).tolist()}
@@ -390,14 +393,22 @@ class RoundRobinPolicy:
         self.alive[:] = True
         self.next_slot = 0
         self.round_produced = 0
+        self._turns = None
         return [Activation(s, int(self.order[s]), None) for s in range(self.n)]
 
     def choose(self, n: int) -> np.ndarray:
-        slots = np.flatnonzero(self.alive)
+        """The live slots in turn from `next_slot` on, n of them: a slice of the live slots repeated."""
+        turns = self._turns
+        if turns is None or len(turns[1]) < len(turns[0]) + n:
+            slots = np.flatnonzero(self.alive)
+            repeated = np.tile(slots, n // max(1, len(slots)) + 2)
+            repeated.setflags(write=False)
+            self._turns = turns = slots, repeated
+        slots, repeated = turns
         if len(slots) == 0:
             return np.empty(0, dtype=np.int64)
-        turn = np.roll(slots, -int(np.searchsorted(slots, self.next_slot)))
-        return np.resize(turn, n)
+        first = int(np.searchsorted(slots, self.next_slot)) % len(slots)
+        return repeated[first:first + n]
 
     def advance(self, choices: np.ndarray) -> list[int]:
         if len(choices):
@@ -407,6 +418,7 @@ class RoundRobinPolicy:
 
     def ended(self, slot: int) -> list[Activation]:
         self.alive[slot] = False
+        self._turns = None
         if self.alive.any() or self.mode == "exhaustive":
             return []
         if self.round_produced == 0:

@@ -117,6 +117,11 @@ class ReplicatedInstance:
     def available(self, need: int) -> int:
         """As RemoteInstance.available, in replica order: a later replica counts only once earlier ones ended."""
         need, total = self._limit(need), 0
+        preferred = self.replicas[self.batch_index() % len(self.replicas)]
+        if not preferred.drained():  # the usual case, without walking the order
+            have = preferred.available(need)
+            if have >= need or not preferred.ended:
+                return have
         for replica in self._order():
             total += replica.available(need - total)
             if total >= need or not replica.ended:
@@ -124,6 +129,10 @@ class ReplicatedInstance:
         return total
 
     def take(self, n: int) -> list[tuple[RemoteInstance, int]]:
+        preferred = self.replicas[self.batch_index() % len(self.replicas)]
+        if preferred.known - preferred.assigned >= n and not preferred.drained():  # the usual case
+            self.count += n
+            return preferred.take(n)
         runs = []
         for replica in self._order():
             k = min(n, replica.known - replica.assigned)

@@ -210,6 +210,9 @@ class Planner:
         self.walk: Walk | None = None
         self.block_pos = 0
         self.live: dict[int, Handle] = {}
+        self._numbered: tuple[np.ndarray, list[Handle], dict[int, int]] | None = None
+        """The live instances numbered for `_window` (slot -> number, the instances, id -> number); None once
+        `live` changed. Without activations (rate=None) it holds for the whole epoch."""
         self.leaf: Handle | None = None
         self.driver: Iterator[Any] | None = None
         self.parts: list[tuple[RemoteInstance, np.ndarray]] = []
@@ -281,6 +284,7 @@ class Planner:
     def _end_epoch(self) -> None:
         self.mode, self.walk, self.leaf, self.driver = None, None, None, None
         self.live.clear()
+        self._numbered = None
         self.awaiting = []
         self.lookahead.reset()
         self.epoch_wanted = self.epoch_rows > 0
@@ -377,12 +381,10 @@ class Planner:
                     return True
                 self.block_pos = 0
             blocks, handles, rows = self._window(n - self.filled)
-            needs = np.bincount(rows)
+            needs = np.bincount(rows).tolist()
             cut, waiting, short = len(rows), False, []
-            for j in np.flatnonzero(needs).tolist():
-                need = int(needs[j])
-                have = handles[j].available(need)
-                if have < need:
+            for j, need in enumerate(needs):
+                if need and (have := handles[j].available(need)) < need:
                     if not handles[j].ended:
                         short.append(j)
                     at = int(np.flatnonzero(rows == j)[have])
@@ -391,25 +393,29 @@ class Planner:
             kept = self._advance_blocks(blocks, cut, waiting)
             if kept < cut:  # the window went otherwise than foreseen past `kept`: plan again from there
                 cut, waiting = kept, False
-            counts = np.bincount(rows[:cut], minlength=len(handles))
+            counts = needs if cut == len(rows) else np.bincount(rows[:cut], minlength=len(handles)).tolist()
             if cut:
                 order = np.argsort(rows[:cut], kind="stable") + self.filled
                 start = 0
-                for j, count in enumerate(counts.tolist()):
+                for j, count in enumerate(counts):
                     if count:
                         self._add(handles[j].take(count), order[start:start + count])
                         start += count
                 self.filled += cut
             if waiting:
-                self.awaiting = [(handles[j], int(needs[j] - counts[j])) for j in short]
+                self.awaiting = [(handles[j], needs[j] - counts[j]) for j in short]
                 return False
         return True
 
     def _window(self, want: int) -> tuple[list[Window], list[Handle], np.ndarray]:
         """Up to `want` rows: the current block's rest, then blocks drawn ahead, each row as an index into handles."""
         walk = self.walk
-        index: dict[int, int] = {}
-        handles: list[Handle] = []
+        slot_map, handles, index = self._live_numbers()
+        segment = slot_map[walk.choices[self.block_pos:self.block_pos + want]]
+        windows, segments, total = [Window(walk.choices, len(segment), [])], [segment], len(segment)
+        journal = list(walk.ahead) if walk.replaying else []
+        if len(journal) > 1 and total < want:
+            handles, index = list(handles), dict(index)  # the blocks ahead number their own instances too
 
         def number(handle: Handle) -> int:
             j = index.setdefault(id(handle), len(index))
@@ -417,12 +423,6 @@ class Planner:
                 handles.append(handle)
             return j
 
-        slot_map = np.full(walk.policy.slots, -1)
-        for slot, handle in self.live.items():
-            slot_map[slot] = number(handle)
-        segment = slot_map[walk.choices[self.block_pos:self.block_pos + want]]
-        windows, segments, total = [Window(walk.choices, len(segment), [])], [segment], len(segment)
-        journal = list(walk.ahead) if walk.replaying else []
         for previous, block in itertools.pairwise(journal):
             if total >= want or len(previous.opened) != len(previous.activations):
                 break
@@ -436,6 +436,21 @@ class Planner:
             total += len(segment)
         rows = segments[0] if len(segments) == 1 else np.concatenate(segments)
         return windows, handles, rows
+
+    def _live_numbers(self) -> tuple[np.ndarray, list[Handle], dict[int, int]]:
+        """The live instances numbered (slot -> number, the instances, id -> number), kept until `live` changes."""
+        if self._numbered is None:
+            slot_map = np.full(self.walk.policy.slots, -1)
+            handles: list[Handle] = []
+            index: dict[int, int] = {}
+            for slot, handle in self.live.items():
+                j = index.setdefault(id(handle), len(handles))
+                if j == len(handles):
+                    handles.append(handle)
+                slot_map[slot] = j
+            slot_map.setflags(write=False)
+            self._numbered = slot_map, handles, index
+        return self._numbered
 
     def _advance_blocks(self, windows: list[Window], cut: int, waiting: bool) -> int:
         """Move the walk past the window's first `cut` rows, finishing the blocks they complete.
@@ -470,6 +485,8 @@ class Planner:
         ended, activations = self.walk.finish(delivered, exhausted)
         for slot in ended:
             self.live.pop(slot, None)
+        if ended:
+            self._numbered = None
         self.lookahead.finished(self.walk)
         self._launch(activations)
         self.lookahead.top_up(self.walk)
@@ -477,6 +494,7 @@ class Planner:
     def _launch(self, activations: list[Activation]) -> None:
         for a in activations:
             self.live[a.slot] = self.activate(self.source._child(a.child), a.budget)
+            self._numbered = None
 
     def _rows_nested(self, n: int) -> bool:
         """Rows one at a time from the in-process driver, grouped per instance."""
@@ -527,6 +545,7 @@ class Planner:
             children = self.walk.policy.live()
             for slot, inst in state["live"]:
                 self.live[slot] = self._reopen(source._child(children[slot]), inst)
+            self._numbered = None
         elif "leaf" in state:
             self.mode, self.leaf = "leaf", self._reopen(source, state["leaf"])
         if isinstance(source, BaseMux):
