@@ -6,7 +6,7 @@ instance fills each row) and the slot table (which slot holds which batch). One
 loop drives them::
 
     wait for every worker's HELLO ─> resume (restore the planner's state, or replay)
-    loop: plan batches into free slots (never blocking on one stream)
+    loop: plan batches into free slots (never blocking on one stream; a long round flushes as it goes)
           flush: queued FILLs and CLOSEs to workers, READY and END to the trainer
           handle every message that arrived (wait up to POLL_MS if nothing was planned)
 
@@ -54,7 +54,7 @@ from .._policy import jsonable
 from .._process import POLL_MS, die_with_parent, parent_alive, send_while_parent_lives
 from .._streamer import Streamer
 from .instances import InstanceTable
-from .links import WorkerLinks
+from .links import FlushPacer, WorkerLinks
 from .planner import Leaves, Plan, Planner
 from .slots import Filling, SlotTable
 
@@ -111,6 +111,7 @@ class MuxProcess:
         self.stopping = False
         self.skipped = 0
         self.busy: dict[int, float] = {}
+        self.pacer = FlushPacer()
 
     # --- messages ---------------------------------------------------------------------------------
 
@@ -136,12 +137,14 @@ class MuxProcess:
 
     def flush(self) -> None:
         """Send what the tables queued: FILLs and CLOSEs once the segment exists, READY and END always."""
+        started = self.pacer.clock()
         for worker, iids in self.instances.take_closed().items():
             self.links.close_instances(worker, iids)
         self.links.flush(bool(self.segments))
         for message in self.slots.outbox:
             self.to_trainer(message)
         self.slots.outbox.clear()
+        self.pacer.flushed(started)
 
     def wait(self, ready: Any) -> None:
         """Serve messages until `ready()` holds: how nested muxes' row-by-row driver waits for samples."""
@@ -229,7 +232,10 @@ class MuxProcess:
             del snapshots[oldest]
 
     def plan_round(self) -> bool:
-        """Plan batches into free slots until none is free, an epoch waits to be wanted, or samples are awaited."""
+        """Plan batches into free slots until none is free, an epoch waits to be wanted, or samples are awaited.
+
+        What it planned goes out as it goes once planning takes long (see FlushPacer).
+        """
         progressed = False
         self.instances.waiting.clear()
         while not self.failed and (self.planned is not None or self.planner.running()):
@@ -244,6 +250,8 @@ class MuxProcess:
             self.planned = None
             if plan.rows:
                 self.assign(plan)
+                if self.pacer.due():
+                    self.flush()
             if plan.ended:
                 self.slots.end_epoch(plan.seq + (1 if plan.rows else 0), plan.epoch, plan.epoch_batches)
             progressed = True
