@@ -25,7 +25,6 @@ import zmq
 
 from .._messages import FROM_WORKER, TO_WORKER, Close, Fill, Message
 
-
 FLUSH_INTERVAL = 0.0005
 """Longest stretch of planning, in seconds, before the batches planned so far go out to the workers."""
 
