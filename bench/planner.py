@@ -14,17 +14,17 @@ its worker count; the messages to and from the workers come on top.
 Sources: the `prefetch bench` workloads (small, mux, mux-rate, activation), and
 rrN (RoundRobinMux over N small streams, N workers), shN (ShuffledMux over N),
 mux300 (StochasticMux of 300 streams, n_active=16, rate=64, 8 workers).
-Writes bench/results/planner.json.
+Writes bench/results/planner.json and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+from _report import RESULTS, save
 
 from prefetch import RoundRobinMux, ShuffledMux, StochasticMux, Streamer
 from prefetch._bench.workloads import WORKLOADS, small_samples
@@ -102,9 +102,7 @@ def main() -> None:
         row = measure(name, max(1, args.batches // 10) if slow else args.batches, args.repeats)
         rows.append(row)
         print(f"{name:10} {row['us_per_batch']:>9,.1f} us/batch  ceiling {row['ceiling_samples_per_s']:>12,} samples/s")
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "planner.json").write_text(json.dumps({"cores": os.cpu_count(), "results": rows}, indent=2))
+    save({"cores": os.cpu_count(), "results": rows}, str(RESULTS / "planner.json"))
 
 
 if __name__ == "__main__":
