@@ -115,12 +115,12 @@ def _pick(rng: Rng, mass: np.ndarray) -> int:
 
 def _pick_by_sum(rng: Rng, cum: np.ndarray) -> int:
     """As `_pick`, given the running sum of the mass."""
-    return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), len(cum) - 1))
+    return int(min(cum.searchsorted(rng.random() * cum[-1], side="right"), len(cum) - 1))
 
 
 def _draw_slots(rng: Rng, cum: np.ndarray, n: int) -> np.ndarray:
     """n slot indices drawn independently with probability proportional to a mass whose running sum is `cum`."""
-    picks = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
+    picks = cum.searchsorted(rng.random(n) * cum[-1], side="right")
     return np.minimum(picks, len(cum) - 1, out=picks)
 
 
@@ -441,7 +441,7 @@ class RoundRobinPolicy:
         slots, repeated = turns
         if len(slots) == 0:
             return np.empty(0, dtype=np.int64)
-        first = int(np.searchsorted(slots, self.next_slot)) % len(slots)
+        first = int(slots.searchsorted(self.next_slot)) % len(slots)
         return repeated[first:first + n]
 
     def advance(self, choices: np.ndarray) -> list[int]:

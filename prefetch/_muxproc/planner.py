@@ -395,7 +395,7 @@ class Planner:
                 cut, waiting = kept, False
             counts = needs if cut == len(rows) else np.bincount(rows[:cut], minlength=len(handles)).tolist()
             if cut:
-                order = np.argsort(rows[:cut], kind="stable") + self.filled
+                order = rows[:cut].argsort(kind="stable") + self.filled
                 start = 0
                 for j, count in enumerate(counts):
                     if count:
