@@ -71,10 +71,7 @@ def measure(name: str, batches: int, repeats: int) -> dict[str, Any]:
                 report_all_ready()
                 continue
             planner.snapshot()
-            parts: dict[int, list[Any]] = {}
-            for inst, rows in batch.parts:
-                parts.setdefault(inst.worker, []).append([inst.iid, rows.astype("<u4").tobytes()])
-            for wire in parts.values():
+            for wire in batch.by_worker()[0].values():
                 TO_WORKER.encode(Fill([[0, wire]]))
             done += 1
             if done % 4 == 0:

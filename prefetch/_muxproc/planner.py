@@ -66,6 +66,15 @@ class Plan:
     epoch_batches: int = 0
     """Batches the epoch has had so far, this one included (dropped ones not)."""
 
+    def by_worker(self) -> tuple[dict[int, list[list[Any]]], dict[int, list[tuple[RemoteInstance, int]]]]:
+        """Per worker, its parts as a FILL carries them ([iid, rows as uint32 bytes]), and (instance, rows) owed."""
+        wire: dict[int, list[list[Any]]] = {}
+        owed: dict[int, list[tuple[RemoteInstance, int]]] = {}
+        for inst, rows in self.parts:
+            wire.setdefault(inst.worker, []).append([inst.iid, rows.astype("<u4").tobytes()])
+            owed.setdefault(inst.worker, []).append((inst, len(rows)))
+        return wire, owed
+
 
 @dataclass
 class Window:

@@ -264,11 +264,7 @@ class MuxProcess:
             first = min(plan.parts, key=lambda part: part[1][0])[0]
             self.describing = (first.worker, Describe(first.iid))
             self.links.send(*self.describing)
-        parts: dict[int, list[list[Any]]] = {}
-        owed: dict[int, list[tuple[Any, int]]] = {}
-        for inst, rows in plan.parts:
-            parts.setdefault(inst.worker, []).append([inst.iid, rows.astype("<u4").tobytes()])
-            owed.setdefault(inst.worker, []).append((inst, len(rows)))
+        parts, owed = plan.by_worker()
         slot = self.slots.assign(Filling(plan.seq, plan.epoch, plan.index, plan.rows, plan.discard, parts, owed))
         for worker, wire in parts.items():
             self.links.fill(worker, slot, wire)
