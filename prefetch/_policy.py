@@ -14,9 +14,9 @@ Protocol, as a driver uses it:
   with at most `budget` samples (None: until it ends). `live()` maps each active
   slot to its child, and `slots` says how many slots there are.
 
-State: `get_state()` is a dict of copies of everything the policy knows, its RNG
-included (cheap: the planner takes one per block); `jsonable()` turns it into plain
-data; `set_state()` takes either and, on a policy built with the same arguments,
+State: `get_state()` is a dict of everything the policy knows, its RNG included,
+that later steps never change (cheap: the planner takes one per block); `jsonable()`
+turns it into plain data; `set_state()` takes either and, on a policy built with the same arguments,
 continues exactly where that one stood. The format may change between
 prefetch versions (a pool's state carries its format number).
 """
@@ -99,12 +99,16 @@ def _arrays_state(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
     return state
 
 
+def _array(value: Any, dtype: Any) -> np.ndarray:
+    """An array of a state, from get_state or from jsonable (booleans as a string of 0s and 1s)."""
+    if isinstance(value, str):
+        value = [c == "1" for c in value]
+    return np.array(value, dtype=dtype)
+
+
 def _set_arrays_state(obj: Any, names: tuple[str, ...], state: dict[str, Any]) -> None:
     for name in names:
-        dtype, value = getattr(obj, name).dtype, state[name]
-        if isinstance(value, str):
-            value = [c == "1" for c in value]
-        setattr(obj, name, np.array(value, dtype=dtype))
+        setattr(obj, name, _array(state[name], getattr(obj, name).dtype))
     _set_rng(obj.rng, state["rng"])
 
 
@@ -124,21 +128,17 @@ def _draw_slots(rng: Rng, cum: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(picks, len(cum) - 1, out=picks)
 
 
-def _cut_at_budget(choices: np.ndarray, budget: np.ndarray) -> np.ndarray:
+def _cut_at_budget(choices: np.ndarray, budget: list[float]) -> np.ndarray:
     """The prefix of `choices` that ends at the first row exhausting some slot's budget (inf: none).
 
-    When several slots run out within the rows, a walk over them finds the first
-    that does: it stops there, usually early, and costs less than two numpy calls a
-    slot (a block of 256 rows over 16 slots with a mean budget of 64: 51 -> 6 us).
+    A walk over the rows in Python, which stops at that row: with budgets about as
+    long as a block it stops early (mean budget 64 over 16 slots: about 60 rows in,
+    26 us here, where counting every slot first with numpy cost 44). Rows fewer
+    than every budget cannot exhaust one.
     """
-    counts = np.bincount(choices, minlength=len(budget))
-    spent = np.flatnonzero((counts >= budget) & (counts > 0)).tolist()
-    if not spent:
+    if len(choices) < min(budget):
         return choices
-    if len(spent) == 1:
-        slot = spent[0]
-        return choices[:int(np.flatnonzero(choices == slot)[int(budget[slot]) - 1]) + 1]
-    left = budget.tolist()
+    left = list(budget)
     for row, slot in enumerate(choices.tolist()):
         left[slot] -= 1
         if left[slot] <= 0:
@@ -155,6 +155,11 @@ class StochasticPolicy:
     the long-run share of a stream that never runs out equals its weight. In
     `single_active` mode, where an active stream cannot be chosen again, activations
     favour streams whose activation count lags their weight so that this still holds.
+
+    The slots' state (child, budget, produced) is kept in Python lists: a handful of
+    slots costs less that way than in numpy calls, with the same float operations.
+    The streams' arrays are shared with the states get_state gave out, and copied
+    before the next change (an activation), so a state costs no copies.
     """
 
     def __init__(self, weights: np.ndarray, n_active: int, rate: float | None, mode: str,
@@ -165,26 +170,26 @@ class StochasticPolicy:
         self.slots = n_active
         self.prune_empty_streams = prune_empty_streams
         self.rng = rng
-        self.child = np.full(n_active, -1)
-        self.budget = np.zeros(n_active)
-        self.produced = np.zeros(n_active, dtype=np.int64)
+        self.child: list[int] = [-1] * n_active
+        self.budget: list[float] = [0.0] * n_active
+        self.produced: list[int] = [0] * n_active
         self.pruned = np.zeros(n, dtype=bool)
         self.visited = np.zeros(n, dtype=bool)
         self.activations = np.zeros(n, dtype=np.int64)
         self.empty_since_sample: set[int] = set()
-        self._mass: tuple[np.ndarray, np.ndarray] | None = None
-        """Cached (_slot_mass, its running sum): both change only with the active streams or the weights."""
+        self._cum: np.ndarray | None = None
+        """Cached running sum of `_slot_mass`: it changes only with the active streams or the weights."""
         self._weights: list[float] | None = None
         """Cached `weights` as Python floats."""
         self._usable: np.ndarray | None = None
         """Cached mask of streams with weight that were not pruned."""
         self._activation_cum: np.ndarray | None = None
         """Cached running sum of the usable streams' weights: what a with_replacement activation draws from."""
-
-    STATE = ("weights", "child", "budget", "produced", "pruned", "visited", "activations")
+        self._shared = False
+        """Whether a state given out holds the streams' arrays (pruned, visited, activations): copy before changing."""
 
     def _changed(self) -> None:
-        self._mass = self._usable = self._weights = self._activation_cum = None
+        self._cum = self._usable = self._weights = self._activation_cum = None
 
     @property
     def predictable(self) -> bool:
@@ -196,45 +201,62 @@ class StochasticPolicy:
         self._changed()
 
     def get_state(self) -> dict[str, Any]:
-        state = _arrays_state(self, self.STATE)
-        state["budget"] = [None if b == math.inf else b for b in self.budget.tolist()]
-        state["empty_since_sample"] = sorted(self.empty_since_sample)
-        return state
+        self._shared = True
+        return {"weights": self.weights, "child": list(self.child),
+                "budget": [None if b == math.inf else b for b in self.budget], "produced": list(self.produced),
+                "pruned": self.pruned, "visited": self.visited, "activations": self.activations,
+                "rng": _rng_raw(self.rng), "empty_since_sample": sorted(self.empty_since_sample)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        state = {**state, "budget": [np.inf if b is None else b for b in state["budget"]]}
-        _set_arrays_state(self, self.STATE, state)
+        self.weights = _array(state["weights"], float)
+        self.child = [int(c) for c in state["child"]]
+        self.budget = [math.inf if b is None else float(b) for b in state["budget"]]
+        self.produced = [int(p) for p in state["produced"]]
+        self.pruned, self.visited = _array(state["pruned"], bool), _array(state["visited"], bool)
+        self.activations = _array(state["activations"], np.int64)
+        _set_rng(self.rng, state["rng"])
         self.empty_since_sample = set(state["empty_since_sample"])
+        self._shared = False
         self._changed()
 
+    def _own_streams(self) -> None:
+        """Copy the streams' arrays before a change if a state holds them."""
+        if self._shared:
+            self.pruned, self.visited = self.pruned.copy(), self.visited.copy()
+            self.activations = self.activations.copy()
+            self._shared = False
+
     def live(self) -> dict[int, Any]:
-        return {s: int(c) for s, c in enumerate(self.child.tolist()) if c >= 0}
+        return {s: c for s, c in enumerate(self.child) if c >= 0}
 
     def start(self) -> list[Activation]:
         started = [self._activate(slot, initial=True) for slot in range(self.n_active)]
         return [a for a in started if a is not None]
 
-    def _slot_mass(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each active slot's share of the draws (its stream's weight shared among its copies), and the running sum.
+    def _slot_mass(self) -> list[float]:
+        """Each active slot's share of the draws: its stream's weight shared among its copies (0 for an empty slot).
 
         Worked out on Python floats: a handful of slots, recomputed at every
         activation, costs less that way than in numpy calls, with the same values
-        (one IEEE division per slot, then a running sum in slot order, as numpy's).
+        (one IEEE division per slot).
         """
-        if self._mass is None:
-            if self._weights is None:
-                self._weights = self.weights.tolist()
-            weights, child = self._weights, self.child.tolist()
-            copies: dict[int, int] = {}
-            for kid in child:
-                if kid >= 0:
-                    copies[kid] = copies.get(kid, 0) + 1
-            mass = [weights[kid] / copies[kid] if kid >= 0 else 0.0 for kid in child]
-            self._mass = np.array(mass), np.array(list(itertools.accumulate(mass)))
-        return self._mass
+        if self._weights is None:
+            self._weights = self.weights.tolist()
+        weights, child = self._weights, self.child
+        copies: dict[int, int] = {}
+        for kid in child:
+            if kid >= 0:
+                copies[kid] = copies.get(kid, 0) + 1
+        return [weights[kid] / copies[kid] if kid >= 0 else 0.0 for kid in child]
+
+    def _slot_cum(self) -> np.ndarray:
+        """The running sum of `_slot_mass`, in slot order as numpy's cumsum, kept until the active streams change."""
+        if self._cum is None:
+            self._cum = np.array(list(itertools.accumulate(self._slot_mass())))
+        return self._cum
 
     def choose(self, n: int) -> np.ndarray:
-        _, cum = self._slot_mass()
+        cum = self._slot_cum()
         if not cum[-1] > 0:
             self._check_starved()
             return np.empty(0, dtype=np.int64)
@@ -244,18 +266,19 @@ class StochasticPolicy:
     def advance(self, choices: np.ndarray) -> list[int]:
         if len(choices) == 0:
             return []
-        counts = np.bincount(choices, minlength=self.n_active)
-        self.produced += counts
+        counts = np.bincount(choices, minlength=self.n_active).tolist()
+        self.produced = [p + c for p, c in zip(self.produced, counts, strict=True)]
         self.empty_since_sample.clear()
         if self.rate is None:  # every budget is unlimited
             return []
-        self.budget -= counts
-        return np.flatnonzero((self.child >= 0) & (self.budget <= 0)).tolist()
+        self.budget = budget = [b - c for b, c in zip(self.budget, counts, strict=True)]
+        return [slot for slot, kid in enumerate(self.child) if kid >= 0 and budget[slot] <= 0]
 
     def ended(self, slot: int) -> list[Activation]:
-        kid = int(self.child[slot])
+        kid = self.child[slot]
         if self.produced[slot] == 0:
             if self.prune_empty_streams:
+                self._own_streams()
                 self.pruned[kid] = True
                 self._usable = self._activation_cum = None
             else:
@@ -266,8 +289,8 @@ class StochasticPolicy:
                         f"every stream with positive weight ({hopeful.tolist()}) yielded nothing since the "
                         "last sample and prune_empty_streams=False, so the mux would restart them forever"
                     )
-        self.child[slot], self.budget[slot] = -1, np.inf
-        self._mass = None
+        self.child[slot], self.budget[slot] = -1, math.inf
+        self._cum = None
         activation = self._activate(slot)
         return [] if activation is None else [activation]
 
@@ -279,7 +302,7 @@ class StochasticPolicy:
             ok = ok & ~self.visited
         if self.mode == "single_active" or initial:
             active = np.zeros_like(ok)
-            active[self.child[self.child >= 0]] = True
+            active[[kid for kid in self.child if kid >= 0]] = True
             if self.mode == "single_active" or (ok & ~active).any():
                 ok = ok & ~active
         return ok
@@ -303,10 +326,11 @@ class StochasticPolicy:
             kid = _pick(self.rng, mass)
         budget = self._draw_budget(kid, slot)
         self.child[slot], self.produced[slot] = kid, 0
-        self.budget[slot] = np.inf if budget is None else budget
+        self.budget[slot] = math.inf if budget is None else float(budget)
+        self._own_streams()
         self.visited[kid] = True
         self.activations[kid] += 1
-        self._mass = None
+        self._cum = None
         return Activation(slot, kid, budget)
 
     def _pick_with_replacement(self) -> int | None:
@@ -326,8 +350,8 @@ class StochasticPolicy:
         if self.dist == "constant":
             return max(1, round(rate))
         if self.dist == "binomial":
-            others = self._slot_mass()[0].sum()  # the slot is empty while its next stream is drawn
-            copies = 1 + self.child.tolist().count(kid) - int(self.child[slot] == kid)
+            others = np.sum(self._slot_mass())  # the slot is empty while its next stream is drawn (numpy's sum)
+            copies = 1 + self.child.count(kid) - int(self.child[slot] == kid)
             mine = self.weights[kid] / copies
             p = mine / (others + mine)
             if p <= 0.9999:

@@ -109,8 +109,8 @@ def test_single_active_never_holds_a_stream_twice():
     policy = StochasticPolicy(np.full(5, 0.2), 3, 4, "single_active", True, "poisson", np.random.default_rng(0))
     policy.start()
     for _ in range(2000):
-        live = policy.child[policy.child >= 0]
-        assert len(set(live.tolist())) == len(live) == 3
+        live = list(policy.live().values())
+        assert len(set(live)) == len(live) == 3
         choices = policy.choose(64)
         for slot in policy.advance(choices):
             policy.ended(slot)

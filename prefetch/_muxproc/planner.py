@@ -71,7 +71,7 @@ class Plan:
         wire: dict[int, list[list[Any]]] = {}
         owed: dict[int, list[tuple[RemoteInstance, int]]] = {}
         for inst, rows in self.parts:
-            wire.setdefault(inst.worker, []).append([inst.iid, rows.astype("<u4").tobytes()])
+            wire.setdefault(inst.worker, []).append([inst.iid, rows.astype("<u4", copy=False).tobytes()])
             owed.setdefault(inst.worker, []).append((inst, len(rows)))
         return wire, owed
 
@@ -404,7 +404,7 @@ class Planner:
                 cut, waiting = kept, False
             counts = needs if cut == len(rows) else np.bincount(rows[:cut], minlength=len(handles)).tolist()
             if cut:
-                order = rows[:cut].argsort(kind="stable") + self.filled
+                order = (rows[:cut].argsort(kind="stable") + self.filled).astype("<u4")  # as FILL carries rows
                 start = 0
                 for j, count in enumerate(counts):
                     if count:
