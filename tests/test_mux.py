@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import pickle
 from collections import Counter
@@ -27,7 +28,7 @@ from prefetch import (
     StochasticMux,
     Streamer,
 )
-from prefetch._policy import StochasticPolicy
+from prefetch._policy import StochasticPolicy, jsonable
 
 
 def forever(tag):
@@ -114,6 +115,31 @@ def test_single_active_never_holds_a_stream_twice():
         choices = policy.choose(64)
         for slot in policy.advance(choices):
             policy.ended(slot)
+
+
+@pytest.mark.parametrize("mode", ["with_replacement", "single_active", "exhaustive"])
+def test_a_policy_state_stays_as_taken_while_the_policy_goes_on(mode):
+    """get_state shares the policy's arrays (no copies): every later step, an activation or a pruned stream, must
+    leave a state taken earlier as it was, or a checkpoint (or the planner's rewind) would resume elsewhere."""
+    policy = StochasticPolicy(np.arange(1.0, 9.0), 3, 4, mode, True, "poisson", np.random.default_rng(0))
+    policy.start()
+    taken = []
+    for step in range(300):
+        state = policy.get_state()
+        taken.append((state, json.dumps(jsonable(state))))
+        if step % 7 == 0 and policy.live():  # an activation that yields nothing: its stream is pruned
+            policy.ended(next(iter(policy.live())))
+            continue
+        for slot in policy.advance(policy.choose(5)):
+            policy.ended(slot)
+        if not policy.live():
+            break
+    assert len(taken) >= 8
+    assert all(json.dumps(jsonable(state)) == text for state, text in taken)
+    restored = StochasticPolicy(np.arange(1.0, 9.0), 3, 4, mode, True, "poisson", np.random.default_rng(1))
+    middle = taken[len(taken) // 2]
+    restored.set_state(middle[0])
+    assert json.dumps(jsonable(restored.get_state())) == middle[1]
 
 
 def test_exhausted_streams_are_restarted_with_replacement():
