@@ -51,10 +51,13 @@ LOOKAHEAD_STEPS = 64
 LOOKAHEAD_MAX = 256
 """Most activations opened ahead of need."""
 
+ROWS = np.dtype("<u4")
+"""Row numbers in a plan, in every strategy: as a FILL carries them, so a part goes out without a conversion."""
+
 
 @dataclass
 class Plan:
-    """One planned batch: each instance's rows, as (instance, row numbers)."""
+    """One planned batch: each instance's rows, as (instance, row numbers of dtype ROWS: as a FILL carries them)."""
 
     parts: list[tuple[RemoteInstance, np.ndarray]]
     rows: int
@@ -71,7 +74,7 @@ class Plan:
         wire: dict[int, list[list[Any]]] = {}
         owed: dict[int, list[tuple[RemoteInstance, int]]] = {}
         for inst, rows in self.parts:
-            wire.setdefault(inst.worker, []).append([inst.iid, rows.astype("<u4", copy=False).tobytes()])
+            wire.setdefault(inst.worker, []).append([inst.iid, rows.tobytes()])
             owed.setdefault(inst.worker, []).append((inst, len(rows)))
         return wire, owed
 
@@ -365,7 +368,7 @@ class Planner:
             k = leaf.available(n - self.filled)
             if k == 0:
                 return leaf.drained()
-            self._add(leaf.take(k), np.arange(self.filled, self.filled + k))
+            self._add(leaf.take(k), np.arange(self.filled, self.filled + k, dtype=ROWS))
             self.filled += k
         return True
 
@@ -404,7 +407,7 @@ class Planner:
                 cut, waiting = kept, False
             counts = needs if cut == len(rows) else np.bincount(rows[:cut], minlength=len(handles)).tolist()
             if cut:
-                order = (rows[:cut].argsort(kind="stable") + self.filled).astype("<u4")  # as FILL carries rows
+                order = (rows[:cut].argsort(kind="stable") + self.filled).astype(ROWS)
                 start = 0
                 for j, count in enumerate(counts):
                     if count:
@@ -515,7 +518,7 @@ class Planner:
                 break
             rows.setdefault(inst, []).append(self.filled)
             self.filled += 1
-        self.parts = [(inst, np.array(r)) for inst, r in rows.items()]
+        self.parts = [(inst, np.array(r, dtype=ROWS)) for inst, r in rows.items()]
         return True
 
     # --- state ------------------------------------------------------------------------------------
