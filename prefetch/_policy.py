@@ -159,7 +159,7 @@ class StochasticPolicy:
     The slots' state (child, budget, produced) is kept in Python lists: a handful of
     slots costs less that way than in numpy calls, with the same float operations.
     The streams' arrays are shared with the states get_state gave out, and copied
-    before the next change (an activation), so a state costs no copies.
+    before the next change (an activation, a pruned stream), so a state costs no copies.
     """
 
     def __init__(self, weights: np.ndarray, n_active: int, rate: float | None, mode: str,
