@@ -23,6 +23,7 @@ from prefetch import (
     WorkerDiedError,
     WorkerError,
 )
+from prefetch._pool import AUTO_SLOTS_MAX, auto_prefetch, default_prefetch
 
 from . import streams
 
@@ -197,6 +198,48 @@ def test_growth_stops_at_shm_limit_and_a_restarted_worker_writes_into_grown_slot
         kept = [next(it) for _ in range(4)]
         with pytest.raises(SlotsExhaustedError, match="holds all 4 shared-memory slots"):
             next(it)
+
+
+@pytest.mark.parametrize("schema_known", [False, True])
+def test_without_prefetch_small_batches_get_slots_by_their_bytes_and_every_sample_once(schema_known):
+    """The first segment sizes the arena (auto_prefetch): the mux process plans into every slot."""
+    schema = {"x": ("int64", (4,)), "y": ("int64", ()), "tag": ("int64", ())} if schema_known else None
+    with Pool(Streamer(streams.numbered, 0, 40_000), batch_size=8, workers=2, schema=schema) as pool:
+        it = iter(pool)
+        ys = [int(y) for y in next(it)["y"]]
+        slots, slot_bytes = pool.stats()["slots"]["total"], pool._layout[1]
+        assert slots == auto_prefetch(2, slot_bytes, 2**40) == AUTO_SLOTS_MAX > default_prefetch(2)
+        deadline = time.monotonic() + 20
+        while sum(pool.stats()["samples"].values()) < 8 * slots and time.monotonic() < deadline:
+            time.sleep(0.05)  # the mux plans a batch into every slot while this trainer holds one
+        assert sum(pool.stats()["samples"].values()) >= 8 * slots
+        ys += [int(y) for b in it for y in b["y"]]
+    assert ys == list(range(40_000))
+    assert len({name for name in os.listdir("/dev/shm") if name.startswith("prefetch_")}) == 0
+
+
+def test_without_prefetch_large_batches_keep_the_fewest_slots():
+    assert auto_prefetch(2, 10 * 2**20, 2**40) == default_prefetch(2) == 8
+    assert auto_prefetch(4, 2**20, 2**40) == 32
+    assert auto_prefetch(2, 100_000, 4 * 2**20) == 20  # half the room (2 MiB), the rest for kept batches
+    with Pool(Streamer(streams.numbered, 0, 64, 2**18), batch_size=16, workers=2) as pool:
+        assert [int(y) for b in pool for y in b["y"]] == list(range(64))
+        assert pool.stats()["slots"]["total"] == default_prefetch(2)
+
+
+def test_set_weights_before_the_first_batch_waits_for_every_slot_the_arena_may_get():
+    def run():
+        mux = StochasticMux([Streamer(streams.endless, t) for t in range(2)], n_active=2, rate=None)
+        with Pool(mux, batch_size=4, workers=2, seed=3) as pool:
+            lag = pool.set_weights([1, 0])
+            it = iter(pool)
+            tags = [next(it)["tag"].tolist() for _ in range(lag + 3)]
+        return lag, tags
+
+    lag, tags = run()
+    assert lag >= AUTO_SLOTS_MAX
+    assert all(t == [0] * 4 for t in tags[lag:]) and any(1 in t for t in tags[:lag])
+    assert run() == (lag, tags)
 
 
 def test_keeping_every_batch_of_an_epoch_that_fills_every_slot_still_ends_it():

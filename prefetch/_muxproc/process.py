@@ -176,6 +176,8 @@ class MuxProcess:
         elif isinstance(message, Segment):
             if message.first:
                 self.slots.add(message.first, message.slots)
+            elif message.slots > self.slots.size:
+                self.size_arena(message.slots)
             self.segments.append(message)
             for worker in sorted(self.links.up):
                 self.links.send(worker, message)
@@ -189,6 +191,14 @@ class MuxProcess:
             self.to_trainer(State(message.seq, jsonable(self.snapshots.get(message.seq))))
         elif isinstance(message, Stop):
             self.stopping = True
+
+    def size_arena(self, slots: int) -> None:
+        """The first segment holds more slots than the mux process started with (the pool sized them by the
+        batch's bytes): plan into them all, and keep as many samples ready ahead as if they had been there."""
+        self.slots.add(self.slots.size, slots - self.slots.size)
+        rows = slots * self.config.batch_size
+        self.instances.slot_rows = rows
+        self.planner.lookahead.rows_ahead = rows
 
     def resync(self, worker: int, generation: int) -> None:
         """A worker process (first or restarted) is up: bring it to the state the mux expects of it.

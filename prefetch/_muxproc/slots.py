@@ -42,6 +42,7 @@ class Filling:
 class SlotTable:
     def __init__(self, slots: int, first_seq: int = 0) -> None:
         self.free: deque[int] = deque(range(slots))
+        self.size = slots
         self.filling: dict[int, Filling] = {}
         self.done: dict[int, tuple[int, Filling]] = {}
         self.out: dict[int, int] = {}
@@ -54,6 +55,7 @@ class SlotTable:
     def add(self, first: int, count: int) -> None:
         """The arena grew: slots first .. first + count - 1 are new and free."""
         self.free.extend(range(first, first + count))
+        self.size = max(self.size, first + count)
 
     def assign(self, filling: Filling) -> int:
         """Put a planned batch into a free slot (the caller checked there is one); the slot."""
