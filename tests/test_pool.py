@@ -219,10 +219,11 @@ def test_without_prefetch_small_batches_get_slots_by_their_bytes_and_every_sampl
 
 
 def test_without_prefetch_large_batches_keep_the_fewest_slots():
-    assert auto_prefetch(2, 10 * 2**20, 2**40) == default_prefetch(2) == 8
-    assert auto_prefetch(4, 2**20, 2**40) == 32
+    assert auto_prefetch(2, 40 * 2**20, 2**40) == default_prefetch(2) == 8
+    assert auto_prefetch(2, 4 * 2**20, 2**40) == 32
     assert auto_prefetch(2, 100_000, 4 * 2**20) == 20  # half the room (2 MiB), the rest for kept batches
-    with Pool(Streamer(streams.numbered, 0, 64, 2**18), batch_size=16, workers=2) as pool:
+    # 1 MiB slots, and room for 8 MiB of them: the fewest (the room would hold 4)
+    with Pool(Streamer(streams.numbered, 0, 64, 2**14), batch_size=8, workers=2, shm_limit=8 * 2**20) as pool:
         assert [int(y) for b in pool for y in b["y"]] == list(range(64))
         assert pool.stats()["slots"]["total"] == default_prefetch(2)
 

@@ -50,8 +50,10 @@ def _timed(workload: Workload, runner: str, start: float, batches: Iterator[Any]
     return Result(workload.name, runner, rate, rate * workload.bytes_per_sample / 1e6, first_s, settings)
 
 
-PREFETCH_SLOTS = 16
-"""Our best setting on the 2-core machine (a sweep of 8, 16, 32 slots); DataLoader gets its own sweep."""
+PREFETCH_SLOTS = None
+"""The pool's own default, slots sized by a batch's bytes (see auto_prefetch): on the 2-core machine it beat
+every fixed count of a sweep of 8 to 128 for small batches, and matched 13-16 for images; DataLoader gets its
+own sweep."""
 
 
 def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: int = 0, pool_class: type = Pool,
@@ -71,8 +73,8 @@ def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: 
                     transform=workload.transform, seed=0, **(options or {})) as pool:
         it = iter(pool)
         budget = max(seconds, 0.0)
-        result = _timed(workload, runner, start, it, lambda b: b.size, budget,
-                        {"workers": workers, "prefetch": pool.options.prefetch}, count_streams)
+        result = _timed(workload, runner, start, it, lambda b: b.size, budget, {"workers": workers}, count_streams)
+        result.settings["prefetch"] = pool.options.prefetch  # sized once the first batch's schema was known
         while counts.sum() < min_samples:
             count_streams(next(it))
         stats = pool.stats()
