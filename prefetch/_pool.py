@@ -92,7 +92,8 @@ class PoolOptions:
     Attributes:
         batch_size: rows per batch.
         workers: worker processes.
-        prefetch: shared-memory slots to start with, i.e. batches in flight or held by the trainer.
+        prefetch: shared-memory slots to start with, i.e. batches in flight or held by the trainer (without
+            `prefetch=`: default_prefetch until the first batch's schema is known, then auto_prefetch).
         shm_limit: bytes the slots may grow to when the trainer keeps batches (None: half of /dev/shm).
         seed: root of every seed in the pool (mux policies, stream activations, replicas).
         last_batch: "partial" (a shorter last batch), "drop", or "pad" (full size; `batch.size` rows valid).
