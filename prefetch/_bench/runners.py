@@ -52,8 +52,8 @@ def _timed(workload: Workload, runner: str, start: float, batches: Iterator[Any]
 
 PREFETCH_SLOTS = None
 """The pool's own default, slots sized by a batch's bytes (see auto_prefetch): on the 2-core machine it beat
-every fixed count of a sweep of 8 to 128 for small batches, and matched 13-16 for images; DataLoader gets its
-own sweep."""
+every fixed count up to 128 for small batches (bench/slots.py); images gain up to 64 slots, which takes more
+memory than the default does (13 slots, 125 MB); DataLoader gets its own sweep."""
 
 
 def run_prefetch(workload: Workload, workers: int, seconds: float, min_samples: int = 0, pool_class: type = Pool,
