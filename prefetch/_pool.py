@@ -202,9 +202,10 @@ def default_prefetch(workers: int) -> int:
     return max(8, 4 * workers)
 
 
-def auto_prefetch(workers: int, slot_bytes: int, limit: int) -> int:
+def auto_prefetch(workers: int, slot_bytes: int, room: int) -> int:
     """Slots when `prefetch` is not given, once a slot's size is known: as many as AUTO_SLOTS_BYTES hold (within
-    half of `limit`, the rest left for kept batches), up to AUTO_SLOTS_MAX, and never fewer than default_prefetch.
+    half of `room`, the bytes the slots may take now; the rest is left for kept batches), up to AUTO_SLOTS_MAX,
+    and never fewer than default_prefetch.
 
     Small batches are bound by latency, not by work: each slot goes round from the
     trainer to the mux process, a worker, and back, a trip of about 10 ms on a busy
@@ -215,7 +216,7 @@ def auto_prefetch(workers: int, slot_bytes: int, limit: int) -> int:
     `image` (64 images of 224x224x3, 9.6 MB a batch) gains up to 64 slots (34k samples/s
     with 8, 44k with 64: 614 MB), more memory than the default takes (13 slots).
     """
-    fit = min(AUTO_SLOTS_BYTES, limit // 2) // max(1, slot_bytes)
+    fit = min(AUTO_SLOTS_BYTES, room // 2) // max(1, slot_bytes)
     return max(default_prefetch(workers), min(AUTO_SLOTS_MAX, fit))
 
 
@@ -493,7 +494,8 @@ class Pool:
         self._schema = schema
         self._layout = (offsets, slot_bytes)
         if self._auto_prefetch:
-            count = auto_prefetch(opts.workers, slot_bytes, self._shm_limit())
+            room, shm = self._shm_limit(), _shm.usage()
+            count = auto_prefetch(opts.workers, slot_bytes, room if shm is None else min(room, shm[0]))
             self.options = dataclasses.replace(opts, prefetch=count)
             self._slots = count
         return self._add_segment(0, self.options.prefetch)
