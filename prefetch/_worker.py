@@ -86,13 +86,15 @@ MID_STEP_MS = 10
 """While user code runs, how often the writer looks for samples it made (a stream may stall mid-step)."""
 
 NEWS_SECONDS = 0.03
-"""While it keeps producing, how often at most the producer wakes the writer with samples nobody waits for yet.
+"""How often at most samples nobody waits for yet are news: the producer wakes the writer for them, and the
+writer sends an AVAIL of them alone (they go out at once with a FILLED, a failure, or urgent news).
 
 Each wake-up costs the producer a hand-over of the GIL to the writer and back, and
-the writer and the mux process a report each: a slow stream woken about every 2 ms
-lost a sixth of its time to them, and `mux-rate` (whose producers never rest) spent
-about 8% less CPU per batch at 30 ms than at 10 ms. Samples the planner or a FILL
-waits for, and the end of a production run, wake it at once, so no wait depends on it."""
+each report costs the writer a send and the mux process a receive and a planning
+round: a slow stream woken about every 2 ms lost a sixth of its time to them, and
+`mux-rate` (whose producers never rest) spent about 8% less CPU per batch at 30 ms
+than at 10 ms. Samples the planner or a FILL waits for are urgent news, sent at once,
+so no wait depends on this interval."""
 
 _FIRST = operator.itemgetter(0)
 """The sample of a (sample, count) pair: zipping a stream with a counter counts its samples at C speed."""
@@ -200,6 +202,8 @@ class _Producer:
         """Samples someone waits for (the planner's WANT, a FILL after a restart): instance -> position."""
         self.told = 0.0
         """When the writer was last woken with news."""
+        self.urgent = False
+        """Whether the news holds samples someone waits for: the writer sends it at once."""
         self.current: _Instance | None = None
         """The instance whose user code runs now: its samples appear in `ready` one by one."""
         self.thread = threading.Thread(target=self.run, name="prefetch-producer", daemon=True)
@@ -236,6 +240,8 @@ class _Producer:
             if inst is not None:
                 if total > inst.produced:
                     self.awaited[iid] = max(self.awaited.get(iid, 0), total)
+                elif total:  # the planner waits for samples made but not reported yet
+                    self.urge()
                 inst.wanted = max(inst.wanted, total)
                 inst.window = max(inst.window, window)
                 self.schedule(inst)
@@ -250,8 +256,15 @@ class _Producer:
                 closed = self.instances.pop(iid, None)
                 if closed is not None and closed is self.rng_owner:
                     self.rng_owner = None
-        if kind == "skip" or self.updated or self.failures:
+        if kind == "skip" or self.failures:
             self.notify()
+
+    def urge(self) -> None:
+        """Wake the writer with news someone waits for."""
+        with self.lock:
+            self.urgent = True
+        self.told = time.perf_counter()
+        self.notify()
 
     def notify(self) -> None:
         """Wake the writer (a full pipe already will; a closed one means the writer has finished, and this
@@ -259,16 +272,18 @@ class _Producer:
         with contextlib.suppress(OSError):
             self.wake.send(b"x")
 
-    def news(self) -> tuple[list[_Instance], int, list[Failure]]:
-        """For the writer: instances with news (and the one producing now), samples skipped, failures."""
+    def news(self) -> tuple[list[_Instance], int, list[Failure], bool]:
+        """For the writer: instances with news (and the one producing now), samples skipped, failures, and
+        whether someone waits for the news."""
         with self.lock:
             updated, self.updated = self.updated, {}
             skipped, self.skipped = self.skipped, 0
             failures, self.failures = self.failures, []
+            urgent, self.urgent = self.urgent, False
         current = self.current
         if current is not None:
             updated[current.iid] = current
-        return list(updated.values()), skipped, failures
+        return list(updated.values()), skipped, failures, urgent
 
     def mark(self, inst: _Instance) -> None:
         with self.lock:
@@ -353,9 +368,10 @@ class _Producer:
                 self.queue.remove(iid)
             if time.perf_counter() - start > CHUNK_SECONDS:
                 break
-        now = time.perf_counter()
-        if self.reached() or not self.queue or now - self.told >= NEWS_SECONDS:
-            self.told = now
+        if self.reached():
+            self.urge()
+        elif time.perf_counter() - self.told >= NEWS_SECONDS:
+            self.told = time.perf_counter()
             self.notify()
 
     def reached(self) -> bool:
@@ -519,6 +535,10 @@ class _Writer:
         self.busy = 0.0
         self.synced = False
         self.filled: list[list[Any]] = []
+        self.unsent: dict[int, _Instance] = {}
+        """Instances with samples made since the last AVAIL, held until a report goes out (see NEWS_SECONDS)."""
+        self.sent = 0.0
+        """When the last report went out."""
         self.messages: list[Message] = []
         self.running = True
 
@@ -605,10 +625,25 @@ class _Writer:
             self.pending.popleft()
 
     def report(self) -> None:
-        """One message for the mux: failures, skipped samples, what was made ready, and the slots written."""
-        changed, skipped, failures = self.producer.news()
-        produced = []
+        """One message for the mux: failures, skipped samples, what was made ready, and the slots written.
+
+        Samples made ready that nobody waits for yet wait for a report with more in it
+        (a FILLED, urgent news) or, while the producer keeps producing, NEWS_SECONDS: the
+        planner asks (WANT) for what it lacks, and that is urgent.
+        """
+        changed, skipped, failures, urgent = self.producer.news()
+        current = self.producer.current
+        urgent = urgent or (current is not None and current.iid in self.producer.awaited)  # a stream mid-step
+        unsent = self.unsent
         for inst in changed:
+            unsent[inst.iid] = inst
+        now = time.perf_counter()
+        if not (urgent or failures or skipped or self.messages or self.filled
+                or (unsent and now - self.sent >= NEWS_SECONDS)):
+            return
+        self.unsent = {}
+        produced = []
+        for inst in unsent.values():
             ended = inst.ended  # read first: once it is set, every sample of the instance is in `ready`
             ready = inst.first + len(inst.ready)
             if ready > inst.reported or ended:
@@ -626,6 +661,7 @@ class _Writer:
             self.filled = []
         if messages:
             self.send(messages)
+            self.sent = now
 
     def attach(self, segment: Segment) -> None:
         """Map a segment of the arena: the first one (with the schema), or one that the arena grew by."""
