@@ -81,3 +81,104 @@ def test_a_closed_instance_is_no_longer_waited_for(producer):
     producer.handle("want", 0, producer.instances[0].produced + 100, 0)
     producer.handle("close", [0])
     assert producer.awaited == {}
+
+
+def test_the_end_of_a_production_run_wakes_nobody_when_nobody_waits(monkeypatch):
+    """An activation made whole in one run (a budget within its window) is news for the next report, not a
+    wake-up of its own: in `mux-rate` that was two wake-ups and two AVAILs a batch per worker."""
+    woken, wake = socket.socketpair()
+    wake.setblocking(False)
+    woken.setblocking(False)
+    config = _worker.WorkerConfig(0, 1, "ipc://unused", [Streamer(range, 50)], None, "raise", os.getpid())
+    made = _worker._Producer(config, {}, wake)
+    monkeypatch.setattr(_worker, "NEWS_SECONDS", 60.0)
+    made.told = time.perf_counter()
+    made.handle("open", Open(0, 0, 0, 1, 20, 1, 0, 64, None, 0))
+    made.produce_round()
+    assert made.instances[0].produced == 20 and not made.queue
+    assert _drain(woken) == b""
+    assert made.news()[3] is False
+    woken.close()
+    wake.close()
+
+
+def test_a_want_for_samples_already_made_is_urgent(producer, monkeypatch):
+    """The planner asks for samples it has not heard of: they were made but not reported, so it waits on the
+    report, which must go out at once rather than at the next interval."""
+    monkeypatch.setattr(_worker, "NEWS_SECONDS", 60.0)
+    producer.told = time.perf_counter()
+    producer.produce_round()
+    producer.news()
+    producer.wakes()
+    made = producer.instances[0].produced
+    assert made > 0
+    producer.handle("want", 0, made, 0)
+    assert producer.wakes() == 1
+    assert producer.news()[3] is True
+    assert producer.awaited == {}
+
+
+@pytest.fixture
+def writer():
+    """A writer with a real socket pair to stand for the mux process, over the slow stream (producer not started)."""
+    import zmq
+
+    ctx = zmq.Context()
+    mux = ctx.socket(zmq.PAIR)
+    port = mux.bind_to_random_port("tcp://127.0.0.1")
+    sock = ctx.socket(zmq.PAIR)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    config = _worker.WorkerConfig(0, 1, "unused", [Streamer(slow_samples, 0.001)], None, "raise", os.getpid())
+    made = _worker._Writer(config, sock)
+    made.producer.handle("open", Open(0, 0, 0, 1, None, 1, 0, 10_000, None, 0))
+    made.producer.told = time.perf_counter()
+
+    def reports(wait_ms: int = 200) -> list[list[list]]:
+        got = []
+        while mux.poll(wait_ms):
+            got += [_worker.FROM_WORKER.decode(frame).reports for frame in mux.recv_multipart()]
+            wait_ms = 0
+        return got
+
+    made.reports = reports
+    yield made
+    made.wake_r.close()
+    made.producer.wake.close()
+    sock.close(0)
+    mux.close(0)
+    ctx.term()
+
+
+def test_the_writer_holds_news_nobody_waits_for_until_the_interval_or_urgent_news(writer, monkeypatch):
+    monkeypatch.setattr(_worker, "NEWS_SECONDS", 60.0)
+    writer.sent = time.perf_counter()
+    writer.producer.produce_round()
+    writer.report()
+    assert writer.reports(100) == [], "samples nobody waits for went out alone before the interval"
+    assert list(writer.unsent) == [0]
+    produced = writer.producer.instances[0].produced
+    writer.producer.handle("want", 0, produced, 0)  # now the planner waits on them
+    writer.report()
+    assert writer.reports() == [[[0, produced, False]]]
+    assert writer.unsent == {}
+    writer.producer.produce_round()
+    writer.report()
+    assert writer.reports(100) == []
+    monkeypatch.setattr(_worker, "NEWS_SECONDS", 0.0)
+    writer.report()
+    assert writer.reports() == [[[0, writer.producer.instances[0].produced, False]]]
+
+
+def test_samples_of_a_stream_mid_step_go_out_at_once_when_someone_waits_for_them(writer, monkeypatch):
+    """A stream that stalls mid-step holds back nothing it made: the writer's periodic look sends its samples
+    so far if the planner waits for more of them."""
+    monkeypatch.setattr(_worker, "NEWS_SECONDS", 60.0)
+    writer.sent = time.perf_counter()
+    producer = writer.producer
+    producer.produce_round()
+    inst = producer.instances[0]
+    producer.handle("want", 0, inst.produced + 1000, 0)
+    producer.news()
+    producer.current = inst  # as while the stream's user code runs
+    writer.report()
+    assert writer.reports() == [[[0, inst.first + len(inst.ready), False]]]
