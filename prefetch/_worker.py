@@ -25,6 +25,7 @@ import bisect
 import contextlib
 import ctypes
 import itertools
+import math
 import operator
 import os
 import pickle
@@ -86,15 +87,16 @@ MID_STEP_MS = 10
 """While user code runs, how often the writer looks for samples it made (a stream may stall mid-step)."""
 
 NEWS_SECONDS = 0.03
-"""How often at most samples nobody waits for yet are news: the producer wakes the writer for them, and the
-writer sends an AVAIL of them alone (they go out at once with a FILLED, a failure, or urgent news).
+"""How long at most samples nobody waits for yet stay unreported: the writer sends them with its next report
+(a FILLED, a failure, urgent news) or, failing one, alone this long after its last report, looking at least
+this often while the producer has work.
 
-Each wake-up costs the producer a hand-over of the GIL to the writer and back, and
-each report costs the writer a send and the mux process a receive and a planning
-round: a slow stream woken about every 2 ms lost a sixth of its time to them, and
-`mux-rate` (whose producers never rest) spent about 8% less CPU per batch at 30 ms
-than at 10 ms. Samples the planner or a FILL waits for are urgent news, sent at once,
-so no wait depends on this interval."""
+Each report costs the writer a send and the mux process a receive and a planning
+round, and a wake-up of the writer costs the producer a hand-over of the GIL: a slow
+stream woken about every 2 ms lost a sixth of its time to them, and `mux-rate`
+(whose producers never rest) spent about 8% less CPU per batch at 30 ms than at
+10 ms. Samples the planner or a FILL waits for are urgent: the producer wakes the
+writer as soon as they are made, and the writer sends them at once."""
 
 _FIRST = operator.itemgetter(0)
 """The sample of a (sample, count) pair: zipping a stream with a counter counts its samples at C speed."""
@@ -200,8 +202,6 @@ class _Producer:
         self.rng_owner: _Instance | None = None
         self.awaited: dict[int, int] = {}
         """Samples someone waits for (the planner's WANT, a FILL after a restart): instance -> position."""
-        self.told = 0.0
-        """When the writer was last woken with news."""
         self.urgent = False
         """Whether the news holds samples someone waits for: the writer sends it at once."""
         self.current: _Instance | None = None
@@ -263,7 +263,6 @@ class _Producer:
         """Wake the writer with news someone waits for."""
         with self.lock:
             self.urgent = True
-        self.told = time.perf_counter()
         self.notify()
 
     def notify(self) -> None:
@@ -370,9 +369,6 @@ class _Producer:
                 break
         if self.reached():
             self.urge()
-        elif time.perf_counter() - self.told >= NEWS_SECONDS:
-            self.told = time.perf_counter()
-            self.notify()
 
     def reached(self) -> bool:
         """Whether some instance has now made the samples someone waits for (or finished); forgets those."""
@@ -555,7 +551,7 @@ class _Writer:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
         while self.running:
-            events = dict(poller.poll(MID_STEP_MS if self.producer.current is not None else POLL_MS))
+            events = dict(poller.poll(self.wait_ms()))
             if not events and not parent_alive(self.config.parent_pid):
                 return
             if self.sock in events:
@@ -567,6 +563,24 @@ class _Writer:
                     self.wake_r.recv(4096, socket.MSG_DONTWAIT)
             self.guarded(self.advance)
             self.report()
+
+    def wait_ms(self) -> int:
+        """How long to wait for messages: while user code runs, MID_STEP_MS (a stream may stall mid-step);
+        while the producer has work, NEWS_SECONDS; news held back, until NEWS_SECONDS after the last report.
+
+        The producer gets work only through commands this thread puts (OPEN, WANT, a refill), so a
+        producer seen idle here stays idle, and without news, until this thread looks again.
+        """
+        producer = self.producer
+        if producer.current is not None:
+            timeout = MID_STEP_MS
+        elif producer.queue or not producer.commands.empty():
+            timeout = math.ceil(1000 * NEWS_SECONDS)
+        else:
+            timeout = POLL_MS
+        if self.unsent or producer.updated:
+            timeout = min(timeout, max(0, math.ceil(1000 * (self.sent + NEWS_SECONDS - time.perf_counter()))))
+        return timeout
 
     def guarded(self, action: Callable[..., None], *args: Any) -> None:
         """Run a step of the writer; bad data, or a bug of ours, is reported to the trainer instead of exiting."""
@@ -628,8 +642,8 @@ class _Writer:
         """One message for the mux: failures, skipped samples, what was made ready, and the slots written.
 
         Samples made ready that nobody waits for yet wait for a report with more in it
-        (a FILLED, urgent news) or, while the producer keeps producing, NEWS_SECONDS: the
-        planner asks (WANT) for what it lacks, and that is urgent.
+        (a FILLED, urgent news) or NEWS_SECONDS: the planner asks (WANT) for what it
+        lacks, and that is urgent.
         """
         changed, skipped, failures, urgent = self.producer.news()
         current = self.producer.current

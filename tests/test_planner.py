@@ -149,3 +149,19 @@ def test_a_reweighting_lands_on_its_batch_whatever_was_drawn_ahead(lengths):
     after = [key for batch in runs[0][1][3:] for key, _ in batch]
     assert 1 not in after and 2 not in after, "weight 0 streams were drawn after the reweighting"
 
+
+
+def test_past_the_first_batch_the_planner_never_asks_again_for_what_the_lookahead_opened():
+    """Such an OPEN asks for the activation's whole budget (its window holds it): the planner waits for the
+    worker's news rather than chase it with a WANT, which would make that news urgent (in `mux-rate` a WANT
+    and an AVAIL per activation, a third more CPU outside user code)."""
+    planner, sent, lengths = make([None, None, None], rate=8, n_active=2)
+    plans(planner, lengths, 1)
+    assert any(isinstance(message, Want) for _, message in sent), "the first batch's activations are asked for"
+    first = {message.iid for _, message in sent if isinstance(message, Open)}
+    sent.clear()
+    plans(planner, lengths, 30)
+    opened = {message.iid for _, message in sent if isinstance(message, Open)}
+    asked = {message.iid for _, message in sent if isinstance(message, Want)}
+    assert len(opened) > 10 and planner.lookahead.hits > 10
+    assert asked <= first, "an activation opened ahead was asked for again"

@@ -46,24 +46,18 @@ def _drain(sock):
         return b""
 
 
-def test_a_producer_in_a_long_run_wakes_the_writer_at_most_every_news_interval(producer, monkeypatch):
+def test_a_producer_in_a_long_run_never_wakes_the_writer_for_samples_nobody_waits_for(producer):
     """Rounds end every 2 ms while a slow stream has more to make; waking the writer after each one cost the
-    producer a GIL hand-over each time (a sixth of a slow stream's time)."""
-    monkeypatch.setattr(_worker, "NEWS_SECONDS", 60.0)
-    producer.told = time.perf_counter()
+    producer a GIL hand-over each time (a sixth of a slow stream's time). The writer looks by itself, every
+    NEWS_SECONDS while the producer has work (see the writer's tests below)."""
     for _ in range(5):
         producer.produce_round()
     assert producer.instances[0].produced >= 5
     assert producer.queue, "the instance still has samples to make"
     assert producer.wakes() == 0
-    monkeypatch.setattr(_worker, "NEWS_SECONDS", 0.0)
-    producer.produce_round()
-    assert producer.wakes() == 1
 
 
-def test_samples_someone_waits_for_wake_the_writer_as_soon_as_they_are_made(producer, monkeypatch):
-    monkeypatch.setattr(_worker, "NEWS_SECONDS", 60.0)
-    producer.told = time.perf_counter()
+def test_samples_someone_waits_for_wake_the_writer_as_soon_as_they_are_made(producer):
     inst = producer.instances[0]
     producer.handle("want", 0, inst.produced + 2, 0)  # the planner waits for two more samples
     producer.wakes()
@@ -83,30 +77,32 @@ def test_a_closed_instance_is_no_longer_waited_for(producer):
     assert producer.awaited == {}
 
 
-def test_the_end_of_a_production_run_wakes_nobody_when_nobody_waits(monkeypatch):
-    """An activation made whole in one run (a budget within its window) is news for the next report, not a
-    wake-up of its own: in `mux-rate` that was two wake-ups and two AVAILs a batch per worker."""
+@pytest.fixture
+def budgeted():
+    """A producer with no instance yet over a finite stream, and its wake socket."""
     woken, wake = socket.socketpair()
     wake.setblocking(False)
     woken.setblocking(False)
     config = _worker.WorkerConfig(0, 1, "ipc://unused", [Streamer(range, 50)], None, "raise", os.getpid())
-    made = _worker._Producer(config, {}, wake)
-    monkeypatch.setattr(_worker, "NEWS_SECONDS", 60.0)
-    made.told = time.perf_counter()
-    made.handle("open", Open(0, 0, 0, 1, 20, 1, 0, 64, None, 0))
-    made.produce_round()
-    assert made.instances[0].produced == 20 and not made.queue
-    assert _drain(woken) == b""
-    assert made.news()[3] is False
+    yield _worker._Producer(config, {}, wake), woken
     woken.close()
     wake.close()
 
 
-def test_a_want_for_samples_already_made_is_urgent(producer, monkeypatch):
+def test_the_end_of_a_production_run_wakes_nobody_when_nobody_waits(budgeted):
+    """An activation made whole in one run (a budget within its window) is news for the writer's next look,
+    not a wake-up of its own: in `mux-rate` that was two wake-ups and two AVAILs a batch per worker."""
+    made, woken = budgeted
+    made.handle("open", Open(0, 0, 0, 1, 20, 1, 0, 64, None, 0))
+    made.produce_round()
+    assert made.instances[0].produced == 20 and not made.queue
+    assert _drain(woken) == b""
+    assert made.news()[3] is False, "nobody waits for these samples"
+
+
+def test_a_want_for_samples_already_made_is_urgent(producer):
     """The planner asks for samples it has not heard of: they were made but not reported, so it waits on the
     report, which must go out at once rather than at the next interval."""
-    monkeypatch.setattr(_worker, "NEWS_SECONDS", 60.0)
-    producer.told = time.perf_counter()
     producer.produce_round()
     producer.news()
     producer.wakes()
@@ -131,7 +127,6 @@ def writer():
     config = _worker.WorkerConfig(0, 1, "unused", [Streamer(slow_samples, 0.001)], None, "raise", os.getpid())
     made = _worker._Writer(config, sock)
     made.producer.handle("open", Open(0, 0, 0, 1, None, 1, 0, 10_000, None, 0))
-    made.producer.told = time.perf_counter()
 
     def reports(wait_ms: int = 200) -> list[list[list]]:
         got = []
@@ -182,3 +177,23 @@ def test_samples_of_a_stream_mid_step_go_out_at_once_when_someone_waits_for_them
     producer.current = inst  # as while the stream's user code runs
     writer.report()
     assert writer.reports() == [[[0, inst.first + len(inst.ready), False]]]
+
+
+def test_the_writer_looks_for_news_every_interval_while_the_producer_has_work(writer, monkeypatch):
+    """Nothing wakes the writer for news nobody waits for, so it looks by itself: every NEWS_SECONDS while the
+    producer has work, and no later than NEWS_SECONDS after its last report for news it holds."""
+    monkeypatch.setattr(_worker, "NEWS_SECONDS", 0.5)
+    producer = writer.producer
+    assert producer.queue and producer.current is None and not producer.updated
+    assert writer.wait_ms() == 500
+    producer.produce_round()
+    writer.sent = time.perf_counter()
+    writer.report()
+    assert writer.unsent, "held: nobody waits for it"
+    producer.queue.clear()  # idle from now on, but holding news
+    assert 0 < writer.wait_ms() <= 500
+    writer.sent -= 1.0
+    assert writer.wait_ms() == 0, "the held news is due"
+    writer.report()
+    assert writer.reports() and not writer.unsent
+    assert writer.wait_ms() == _worker.POLL_MS, "idle, nothing held: it only waits for messages"

@@ -196,7 +196,9 @@ class Lookahead:
         key, index, pickled, label, replicated = planner.leaf_key(leaf)
         activation = table.activations[key] + self.pending[key]
         placement = -1 if replicated else table.placed + self.pending_placed
-        handle = planner.open(key, index, pickled, label, a.budget, replicated, activation, placement)
+        # Until the epoch's first batch is planned, the planner needs what the look-ahead opens at once.
+        handle = planner.open(key, index, pickled, label, a.budget, replicated, activation, placement,
+                              ahead=planner.epoch_index > 0)
         self._count(key, placement, 1)
         return (key, a.budget, activation, placement), handle
 
@@ -249,10 +251,11 @@ class Planner:
         return key, -1, leaf, repr(leaf), leaf.replicas
 
     def open(self, key: int, index: int, pickled: Any, label: str, budget: int | None, replicated: bool,
-             activation: int, placement: int, skip: int | list[int] = 0, count: int = 0) -> Handle:
+             activation: int, placement: int, skip: int | list[int] = 0, count: int = 0,
+             ahead: bool = False) -> Handle:
         workers = list(range(self.instances.num_workers)) if replicated else None
         return self.instances.open(key, index, pickled, label, budget, workers, activation, placement, skip,
-                                   lambda: self.epoch_index, count)
+                                   lambda: self.epoch_index, count, ahead)
 
     def activate(self, leaf: Streamer, budget: int | None) -> Handle:
         """Open an activation the policy made: the look-ahead's instance if it foresaw it, else a new one."""
