@@ -193,6 +193,8 @@ class _Producer:
     def __init__(self, config: WorkerConfig, instances: dict[int, _Instance], wake: socket.socket) -> None:
         self.config, self.instances, self.wake = config, instances, wake
         self.commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.given = self.handled = 0
+        """Commands queued (counted by the writer) and done (by this thread): one counter per thread."""
         self.queue: deque[int] = deque()
         self.lock = threading.Lock()
         self.updated: dict[int, _Instance] = {}
@@ -230,6 +232,16 @@ class _Producer:
             if command[0] == "stop":
                 return
             self.handle(*command)
+            self.handled += 1
+
+    def command(self, *command: Any) -> None:
+        """Queue a command for this thread: the only way the writer gives it work."""
+        self.given += 1
+        self.commands.put(command)
+
+    def has_work(self) -> bool:
+        """Whether this thread may make samples before the writer gives it another command."""
+        return self.current is not None or bool(self.queue) or self.handled != self.given
 
     def handle(self, kind: str, *args: Any) -> None:
         if kind == "open":
@@ -568,13 +580,13 @@ class _Writer:
         """How long to wait for messages: while user code runs, MID_STEP_MS (a stream may stall mid-step);
         while the producer has work, NEWS_SECONDS; news held back, until NEWS_SECONDS after the last report.
 
-        The producer gets work only through commands this thread puts (OPEN, WANT, a refill), so a
-        producer seen idle here stays idle, and without news, until this thread looks again.
+        The producer gets work only through commands this thread gives it (OPEN, WANT, a refill), so a
+        producer seen without work here stays so, and without news, until this thread looks again.
         """
         producer = self.producer
         if producer.current is not None:
             timeout = MID_STEP_MS
-        elif producer.queue or not producer.commands.empty():
+        elif producer.has_work():
             timeout = math.ceil(1000 * NEWS_SECONDS)
         else:
             timeout = POLL_MS
@@ -599,13 +611,12 @@ class _Writer:
         if not self.synced:
             self.synced = isinstance(message, Reset) and message.generation == self.config.generation
             return
-        commands = self.producer.commands
         if isinstance(message, Fill):
             self.pending.extend(("fill", slot, parts) for slot, parts in message.fills)
         elif isinstance(message, Want):
-            commands.put(("want", message.iid, message.total, message.window))
+            self.producer.command("want", message.iid, message.total, message.window)
         elif isinstance(message, Open):
-            commands.put(("open", message))
+            self.producer.command("open", message)
         elif isinstance(message, (Skip, Close, Describe)):
             self.pending.append((type(message).__name__.lower(), message))
         elif isinstance(message, Segment):
@@ -615,7 +626,6 @@ class _Writer:
 
     def advance(self) -> None:
         """Do the pending FILLs, CLOSEs, SKIPs and DESCRIBEs in order, as far as their samples allow."""
-        commands = self.producer.commands
         while self.pending:
             item = self.pending[0]
             kind = item[0]
@@ -623,11 +633,11 @@ class _Writer:
                 if not self.fill(item[1], item[2]):
                     return
             elif kind == "close":
-                commands.put(("close", item[1].iids))
+                self.producer.command("close", item[1].iids)
             elif kind == "skip":
                 if len(item) == 2:
                     done = threading.Event()
-                    commands.put(("skip", item[1].counts, done))
+                    self.producer.command("skip", item[1].counts, done)
                     self.pending[0] = (*item, done)
                 if not self.pending[0][2].is_set():
                     return
@@ -712,7 +722,7 @@ class _Writer:
                         need = inst.first + taken[iid]
                         if need > inst.asked:
                             inst.asked = need
-                            self.producer.commands.put(("want", iid, need, 0))
+                            self.producer.command("want", iid, need, 0)
                     return False
                 runs.append((inst, rows))
             rows_by_part, samples, names, ends = [], [], [], []
@@ -724,7 +734,7 @@ class _Writer:
                 inst.first += len(rows)
                 names.append(f"stream {inst.name}")
                 if len(ready) <= inst.window // 2 and not inst.finished:
-                    self.producer.commands.put(("want", inst.iid, 0, 0))
+                    self.producer.command("want", inst.iid, 0, 0)
             rows = rows_by_part[0] if len(runs) == 1 else np.concatenate(rows_by_part)
 
             def where(i: int) -> str:
@@ -739,7 +749,7 @@ class _Writer:
         return True
 
     def close(self) -> None:
-        self.producer.commands.put(("stop",))
+        self.producer.command("stop")
         self.slot_arrays = []
         self.writer = None
         for mapping in self.mappings:

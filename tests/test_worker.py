@@ -197,3 +197,18 @@ def test_the_writer_looks_for_news_every_interval_while_the_producer_has_work(wr
     writer.report()
     assert writer.reports() and not writer.unsent
     assert writer.wait_ms() == _worker.POLL_MS, "idle, nothing held: it only waits for messages"
+
+
+def test_a_command_not_yet_done_counts_as_work_for_the_writers_wait(writer, monkeypatch):
+    """The producer may be between taking a command and queueing its instance (queue empty, no user code
+    running): the writer must not sleep its long poll then, or that command's samples wait for it."""
+    monkeypatch.setattr(_worker, "NEWS_SECONDS", 0.5)
+    producer = writer.producer
+    producer.queue.clear()
+    assert not producer.has_work() and writer.wait_ms() == _worker.POLL_MS
+    producer.command("want", 0, 0, 20_000)
+    assert producer.has_work() and writer.wait_ms() == 500
+    command = producer.commands.get_nowait()
+    producer.handle(*command)
+    producer.handled += 1
+    assert producer.queue and producer.has_work(), "the want queued the instance"
