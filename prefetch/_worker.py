@@ -427,6 +427,7 @@ class _Producer:
         set_worker_info(inst.info)
         begin = time.perf_counter()
         self.current = inst
+        running = not inst.ended
         try:
             self.pull(inst, start)
         except Exception as exc:
@@ -437,6 +438,8 @@ class _Producer:
             self.mark(inst)
             set_worker_info(None)
             self.busy += time.perf_counter() - begin
+        if running and inst.ended:  # a stream's end changes what the planner does next: it waits for this
+            self.urge()
         return True
 
     def pull(self, inst: _Instance, start: float) -> None:

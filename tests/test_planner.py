@@ -165,3 +165,20 @@ def test_past_the_first_batch_the_planner_never_asks_again_for_what_the_lookahea
     asked = {message.iid for _, message in sent if isinstance(message, Want)}
     assert len(opened) > 10 and planner.lookahead.hits > 10
     assert asked <= first, "an activation opened ahead was asked for again"
+
+
+@pytest.mark.parametrize("lengths", [[3, 4, 2, 5], [3, 4, 2, 5, None, None]])
+def test_streams_that_end_before_their_budget_are_not_foreseen_past(lengths):
+    """Every end of a stream shorter than the rate sends the walk back and closes what was opened past it: with
+    a deep look-ahead that was most of the pool's work (58,117 activations opened in vain for 200 batches of
+    four such streams, a pool of 30 ran at 1.2k samples/s against 17k without a look-ahead)."""
+    streams = [Streamer(endless) if n is None else Streamer(range(n)) for n in lengths]
+    mux = StochasticMux(streams, n_active=2, rate=64, random_state=5)
+    sent = []
+    table = InstanceTable(lambda worker, message: sent.append(message), 2, 11, 0, 4096)
+    planner = Planner(mux, Leaves(streams, [str(i) for i in range(len(streams))]), table, 16, "partial", 4096, [])
+    plain, _, _ = make(lengths, rate=64, n_active=2, lookahead=False)
+    assert plans(planner, lengths, 200) == plans(plain, lengths, 200)
+    assert planner.lookahead.short == {k for k, n in enumerate(lengths) if n is not None}
+    assert planner.lookahead.misses <= 2 * len(lengths)
+    assert sum(isinstance(message, Open) for message in sent) < 1000

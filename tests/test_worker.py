@@ -212,3 +212,14 @@ def test_a_command_not_yet_done_counts_as_work_for_the_writers_wait(writer, monk
     producer.handle(*command)
     producer.handled += 1
     assert producer.queue and producer.has_work(), "the want queued the instance"
+
+
+def test_the_end_of_a_stream_before_its_budget_is_urgent(budgeted):
+    """It changes what the planner does next (the slot's next activation), so the planner waits for it."""
+    made, woken = budgeted
+    made.handle("open", Open(0, 0, 0, 1, 100, 1, 0, 128, None, 0))
+    made.produce_round()
+    inst = made.instances[0]
+    assert inst.ended and inst.produced == 50
+    assert _drain(woken) == b"x"
+    assert made.news()[3] is True

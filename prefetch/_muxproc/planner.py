@@ -108,7 +108,10 @@ class Lookahead:
     When the planner finishes a block as foreseen it claims them in order; a block
     that went otherwise (a finite stream ended early and changed the next choice)
     or a reweighting drops the blocks ahead, closing their instances (work wasted,
-    never a different batch).
+    never a different batch). So the walk draws no further ahead while a stream that
+    once ended before its budget is active: a mux of streams shorter than its rate
+    would otherwise open and close a slots' worth of activations at every end (1.2k
+    samples/s against 17k without a look-ahead, for 30 streams of 20 samples, rate=64).
     """
 
     def __init__(self, planner: Planner, rows_ahead: int, activations_ahead: int) -> None:
@@ -119,6 +122,10 @@ class Lookahead:
         self.opened = 0
         self.rewinds = 0
         self.hits = self.misses = 0
+        self.short: set[int] = set()
+        """Leaf keys of the streams that ended before their budget: no block is foreseen past them."""
+        self.child_keys: list[int | None] | None = None
+        """The leaf key of each of the mux's children (made once: a mux with a rate lists its streams)."""
 
     def reset(self) -> None:
         """The walk is gone (the epoch ended): what it had opened ahead is wasted."""
@@ -183,12 +190,25 @@ class Lookahead:
         activations_ahead = 0 if first else self.activations_ahead
         for _ in range(LOOKAHEAD_STEPS):
             enough = walk.ahead_rows >= rows_ahead and self.opened >= activations_ahead
-            if enough or self.opened >= LOOKAHEAD_MAX:
+            if enough or self.opened >= LOOKAHEAD_MAX or self._unforeseeable(walk):
                 return
             block = walk.extend()
             if block is None:
                 return
             block.opened = [self._open(a) for a in block.activations]
+
+    def ended_early(self, key: int) -> None:
+        """An activation of the leaf `key` ran out before its budget: its ends cannot be foreseen."""
+        self.short.add(key)
+
+    def _unforeseeable(self, walk: Walk) -> bool:
+        """Whether a stream active where the walk stands might end before its budget."""
+        if not self.short:
+            return False
+        if self.child_keys is None:
+            planner = self.planner
+            self.child_keys = [planner.leaf_index.get(id(s)) for s in planner.source.streamers]
+        return any(self.child_keys[child] in self.short for child in walk.policy.live().values())
 
     def _open(self, a: Activation) -> tuple[tuple[int, Any, int, int], Handle]:
         planner, table = self.planner, self.planner.instances
@@ -496,6 +516,8 @@ class Planner:
         return cut
 
     def _finish_block(self, exhausted: int | None) -> None:
+        if exhausted is not None and (handle := self.live.get(exhausted)) is not None:
+            self.lookahead.ended_early(handle.key)
         delivered = self.block_pos
         ended, activations = self.walk.finish(delivered, exhausted)
         for slot in ended:
