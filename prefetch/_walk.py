@@ -9,7 +9,8 @@ can be saved (`get_state`) and restored (`set_state`).
            finish(delivered, exhausted) ──> (ended slots, activations replacing them)
 
 Drawing ahead: `extend()` walks the policy one block further than the driver has
-got, as if every row of it will be delivered, and keeps the block in a journal.
+got, as if every row of it will be delivered (or up to where the driver foresees a
+stream running out, if it says so), and keeps the block in a journal.
 `draw` then replays journal blocks instead of asking the policy again, so the
 planner's look-ahead (which opens foreseen activations early) costs no second
 walk. A block that does not play out as foreseen (a stream ran out early) sends
@@ -46,6 +47,10 @@ class Block:
     choices: np.ndarray
     ended: list[int]
     activations: list[Activation]
+    delivered: int = -1
+    """Rows of the choices the block is foreseen to deliver (-1: all of them)."""
+    exhausted: int | None = None
+    """The slot foreseen to run out at row `delivered`, if any."""
     opened: list[Any] = field(default_factory=list)
     """What the driver opened ahead for the block's activations (the planner's foreseen instances)."""
 
@@ -112,8 +117,8 @@ class Walk:
         if self.replaying:
             self.replaying = False
             block = self.ahead.popleft()
-            self.ahead_rows -= len(block.choices)
-            if delivered == len(choices) and exhausted is None:
+            self.ahead_rows -= block.delivered
+            if delivered == block.delivered and exhausted == block.exhausted:
                 self.foreseen = block
                 return block.ended, block.activations
             self._go_back(block, keep=0)
@@ -134,9 +139,11 @@ class Walk:
             activations += self.policy.ended(exhausted)
         return ended, activations
 
-    def extend(self) -> Block | None:
+    def extend(self, left: Callable[[int], float] | None = None) -> Block | None:
         """Draw one more block ahead, as if all its rows will be delivered; None if none can be drawn ahead now.
 
+        `left(slot)`, if given, is how many more samples the driver foresees the slot's
+        stream making: the block then ends where one runs out, as `finish` would be told.
         None also when the pass would end there, or the policy would raise there
         (the driver meets the same end, or error, when it gets there for real).
         """
@@ -151,14 +158,19 @@ class Walk:
             choices = self.policy.choose(n)
             if len(choices) == 0:
                 return None
-            ended, activations = self._advance(choices, len(choices), None)
+            delivered, exhausted = len(choices), None
+            if left is not None:
+                row = _first_short(choices, left)
+                if row is not None:
+                    delivered, exhausted = row, int(choices[row])
+            ended, activations = self._advance(choices, delivered, exhausted)
         except PrefetchError:
             self.policy.set_state(before)
             self.remaining = remaining
             return None
-        block = Block(before, remaining, n, choices, ended, activations)
+        block = Block(before, remaining, n, choices, ended, activations, delivered, exhausted)
         self.ahead.append(block)
-        self.ahead_rows += len(choices)
+        self.ahead_rows += delivered
         return block
 
     def rewind(self) -> None:
@@ -174,7 +186,15 @@ class Walk:
         self.remaining = block.remaining
         self.rewinds += 1
         while len(self.ahead) > keep:
-            self.ahead_rows -= len(self.ahead.pop().choices)
+            self.ahead_rows -= self.ahead.pop().delivered
+
+    @property
+    def foreseen_end(self) -> tuple[int, int | None]:
+        """(rows, slot running out there) of the current block, as drawn ahead; (all rows, None) otherwise."""
+        if self.replaying:
+            block = self.ahead[0]
+            return block.delivered, block.exhausted
+        return len(self.choices), None
 
     def get_state(self) -> dict[str, Any]:
         """Where the walk stands: the policy before the current block was drawn, and that block's size."""
@@ -207,3 +227,16 @@ class Walk:
         if state["block"] is not None:
             self.drawn_from = state["policy"]
             self.choices, self.block = self.policy.choose(state["block"]), state["block"]
+
+
+def _first_short(choices: np.ndarray, left: Callable[[int], float]) -> int | None:
+    """The first row whose slot has no sample left (as `left` foresees), or None."""
+    remaining: dict[int, float] = {}
+    for row, slot in enumerate(choices.tolist()):
+        have = remaining.get(slot)
+        if have is None:
+            have = left(slot)
+        if have <= 0:
+            return row
+        remaining[slot] = have - 1
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefetch import StochasticMux, Streamer
+from prefetch._errors import PrefetchError
 from prefetch._policy import _cut_at_budget
 
 
@@ -137,3 +139,61 @@ def test_a_seeded_walk_draws_what_earlier_versions_drew(case, digest):
     events = [(i % 7 != 3, i * 37) for i in range(60)]
     record = drive(walk_of(*case), events, ahead=2)
     assert hashlib.sha256(repr(record).encode()).hexdigest()[:16] == digest
+
+
+def drive_streams(walk, lengths, ahead: int, foresee: bool, blocks: int = 40):
+    """Drive the walk as a planner would over streams of these lengths (None: endless), each activation
+    starting its stream afresh: (record, blocks replayed as foreseen). With `foresee`, blocks drawn ahead
+    end where a stream of known length runs out."""
+    policy = walk.policy
+
+    def left(slot):
+        n = lengths[policy.child[slot]]
+        return math.inf if n is None else n - policy.produced[slot]
+
+    child, made = {}, {}
+    started = walk.start()
+    for a in started:
+        child[a.slot], made[a.slot] = a.child, 0
+    record, foreseen = [[(a.slot, a.child, a.budget) for a in started]], 0
+    for _ in range(blocks):
+        while len(walk.ahead) < ahead and walk.extend(left if foresee else None) is not None:
+            pass
+        choices = walk.draw()
+        if choices is None:
+            break
+        delivered, exhausted, count = len(choices), None, dict(made)
+        for row, slot in enumerate(choices.tolist()):
+            n = lengths[child[slot]]
+            if n is not None and count[slot] >= n:
+                delivered, exhausted = row, slot
+                break
+            count[slot] += 1
+        ended, activations = walk.finish(delivered, exhausted)
+        foreseen += walk.foreseen is not None
+        made = count
+        for a in activations:
+            child[a.slot], made[a.slot] = a.child, 0
+        record.append((choices.tolist(), delivered, exhausted, ended,
+                       [(a.slot, a.child, a.budget) for a in activations]))
+    return record, foreseen
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 30), st.just(None)), min_size=1, max_size=6), st.integers(1, 4),
+       st.floats(1, 60), st.integers(0, 2**31), st.integers(1, 10))
+def test_blocks_drawn_ahead_to_a_foreseen_end_are_the_blocks_the_walk_meets(lengths, n_active, rate, seed, ahead):
+    """A stream's end, foreseen from its length, ends the block drawn ahead where the planner will meet it:
+    the walk is the same as without drawing ahead, and every block it replays plays out as drawn."""
+    def walk():
+        mux = StochasticMux([Streamer(range, 1) for _ in lengths], n_active=n_active, rate=rate, random_state=seed)
+        return mux._walk(None, saving=True)
+
+    try:
+        plain, _ = drive_streams(walk(), lengths, 0, foresee=False)
+    except PrefetchError:
+        return  # every stream empty: the walk raises, with or without a look-ahead
+    ahead_record, foreseen = drive_streams(walk(), lengths, ahead, foresee=True)
+    blind_record, _ = drive_streams(walk(), lengths, ahead, foresee=False)
+    assert ahead_record == plain == blind_record
+    assert foreseen == len(plain) - 1, "a block drawn ahead to a foreseen end went otherwise"
