@@ -109,13 +109,15 @@ class Lookahead:
     When the planner finishes a block as foreseen it claims them in order; a block
     that went otherwise (a finite stream ended early and changed the next choice)
     or a reweighting drops the blocks ahead, closing their instances (work wasted,
-    never a different batch). A stream that ended before its budget is foreseen to
+    never a different batch. A stream that ended before its budget is foreseen to
     end again where it did (its activations start it afresh), so the walk draws its
     blocks ahead up to that end as the planner will meet it; one whose ends move (a
     replicated stream, a stream of random length) stops the walk from drawing further
-    ahead while it is active. Without that, a mux of streams shorter than its rate
-    opened and closed a slots' worth of activations at every end (30 streams of 20
-    samples, rate=64: 1.2k samples/s, against 17k without a look-ahead).
+    ahead while it is active, and so, once some stream has ended early, does one not
+    yet seen to end at all (by its budget or early). Without that, a mux of streams
+    shorter than its rate opened and closed a slots' worth of activations at every end
+    (30 streams of 20 samples, rate=64: 1.2k samples/s, against 17k without a
+    look-ahead); a mux whose streams never end early is foreseen from the start.
     """
 
     def __init__(self, planner: Planner, rows_ahead: int, activations_ahead: int) -> None:
@@ -130,6 +132,8 @@ class Lookahead:
         """Leaf key -> samples its activations make when they end before their budget, as seen so far."""
         self.short: set[int] = set()
         """Leaf keys of the streams whose ends cannot be foreseen: no block is drawn ahead past them."""
+        self.spent: set[int] = set()
+        """Leaf keys of the streams seen to deliver a whole budget (they do not end early, as far as we know)."""
         self.child_keys: list[int | None] | None = None
         """The leaf key of each of the mux's children (made once: a mux with a rate lists its streams)."""
 
@@ -215,12 +219,18 @@ class Lookahead:
             self.child_keys = [planner.leaf_index.get(id(s)) for s in planner.source.streamers]
         return self.child_keys
 
+    def ended_by_budget(self, handle: Handle) -> None:
+        """An activation delivered its whole budget."""
+        self.spent.add(handle.key)
+
     def _unforeseeable(self, walk: Walk) -> bool:
-        """Whether a stream active where the walk stands might end where it cannot be foreseen."""
-        if not self.short:
+        """Whether a stream active where the walk stands might end where it cannot be foreseen: one whose ends
+        move, or, once some stream has ended early, one not yet seen to end."""
+        if not self.lengths:
             return False
-        keys = self._keys()
-        return any(keys[child] in self.short for child in walk.policy.live().values())
+        keys, short, lengths, spent = self._keys(), self.short, self.lengths, self.spent
+        return any((key := keys[child]) in short or (key not in lengths and key not in spent)
+                   for child in walk.policy.live().values())
 
     def _left(self, slot: int) -> float:
         """Samples the stream in `slot` (where the walk stands) will make yet: its length, less what it made."""
@@ -545,7 +555,9 @@ class Planner:
         delivered = self.block_pos
         ended, activations = self.walk.finish(delivered, exhausted)
         for slot in ended:
-            self.live.pop(slot, None)
+            handle = self.live.pop(slot, None)
+            if handle is not None and slot != exhausted:
+                self.lookahead.ended_by_budget(handle)
         if ended:
             self._numbered = None
         self.lookahead.finished(self.walk)
