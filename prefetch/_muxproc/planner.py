@@ -109,7 +109,7 @@ class Lookahead:
     When the planner finishes a block as foreseen it claims them in order; a block
     that went otherwise (a finite stream ended early and changed the next choice)
     or a reweighting drops the blocks ahead, closing their instances (work wasted,
-    never a different batch. A stream that ended before its budget is foreseen to
+    never a different batch). A stream that ended before its budget is foreseen to
     end again where it did (its activations start it afresh), so the walk draws its
     blocks ahead up to that end as the planner will meet it; one whose ends move (a
     replicated stream, a stream of random length) stops the walk from drawing further
