@@ -47,9 +47,9 @@ class Block:
     choices: np.ndarray
     ended: list[int]
     activations: list[Activation]
-    delivered: int = -1
-    """Rows of the choices the block is foreseen to deliver (-1: all of them)."""
-    exhausted: int | None = None
+    delivered: int
+    """Rows of the choices the block is foreseen to deliver (all of them, unless a stream runs out first)."""
+    exhausted: int | None
     """The slot foreseen to run out at row `delivered`, if any."""
     opened: list[Any] = field(default_factory=list)
     """What the driver opened ahead for the block's activations (the planner's foreseen instances)."""

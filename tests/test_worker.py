@@ -1,4 +1,5 @@
-"""The worker's producer thread, driven directly: when it wakes the writer (no sockets to the mux)."""
+"""The worker's two threads, driven directly: when the producer wakes the writer, and when the writer reports
+(a real socket pair stands for the mux process)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
 from prefetch import Streamer, _worker
 from prefetch._messages import Open
@@ -117,8 +119,6 @@ def test_a_want_for_samples_already_made_is_urgent(producer):
 @pytest.fixture
 def writer():
     """A writer with a real socket pair to stand for the mux process, over the slow stream (producer not started)."""
-    import zmq
-
     ctx = zmq.Context()
     mux = ctx.socket(zmq.PAIR)
     port = mux.bind_to_random_port("tcp://127.0.0.1")
