@@ -102,9 +102,9 @@ class BaseMux(Streamer):
     def _iterate(self, max_iter: int | None) -> Iterator[Any]:
         return self._drive(_open_in_process, max_iter)
 
-    def _walk(self, max_iter: int | None, saving: bool = False) -> Walk:
-        """A new pass over this mux's policy, with a fresh activation generator."""
-        return Walk(self._policy(self._activation_rng()), max_iter, saving)
+    def _walk(self, max_iter: int | None, saving: bool = False, span: int = 1) -> Walk:
+        """A new pass over this mux's policy, with a fresh activation generator (see Walk for `span`)."""
+        return Walk(self._policy(self._activation_rng()), max_iter, saving, span)
 
     def _drive(self, open_child: OpenChild, max_iter: int | None,
                control: DriveControl | None = None) -> Iterator[Any]:

@@ -196,6 +196,12 @@ class StochasticPolicy:
         """Whether a copy can foresee the next activations: every one ends by its budget, not only by exhaustion."""
         return self.rate is not None
 
+    @property
+    def steady(self) -> bool:
+        """Whether choices may be drawn many blocks at once (see Walk): without budgets, only an exhausted
+        stream changes what is drawn."""
+        return self.rate is None
+
     def set_weights(self, weights: np.ndarray) -> None:
         self.weights = np.array(weights, dtype=float)
         self._changed()
@@ -382,6 +388,8 @@ class ShuffledPolicy:
         self.produced = np.zeros(len(weights), dtype=np.int64)
 
     STATE = ("weights", "user_zero", "produced")
+    steady = True
+    """Only an exhausted stream changes what is drawn (see Walk)."""
 
     def set_weights(self, weights: np.ndarray) -> None:
         pruned = (self.weights == 0) & ~self.user_zero

@@ -16,6 +16,14 @@ planner's look-ahead (which opens foreseen activations early) costs no second
 walk. A block that does not play out as foreseen (a stream ran out early) sends
 the policy back to where that block started, drops the journal, and is walked
 again for real; `rewind()` drops the blocks past the current one (a reweighting).
+
+Spans: a policy whose draws never change between blocks (`steady`: no budgets, so
+nothing happens at a block's end) may be asked for `span` blocks at once, with the
+same choices (a generator draws the same numbers in one call as in several). Where
+a span ends early (a stream ran out, or `cut` for a reweighting), the generator is
+put back where the blocks up to there would have left it, so the choices after it
+are those of blocks drawn one at a time. A span costs a driver one block's Python
+work for `span` blocks' rows.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from ._policy import Activation
 
 BLOCK = 256
 """Rows of stream choices drawn at a time; fixed so that every driver draws the same."""
+
+SPAN = 8
+"""Blocks a driver that can afford a long block (the pool's planner) draws at once from a steady policy."""
 
 
 @dataclass
@@ -58,10 +69,13 @@ class Block:
 class Walk:
     """A pass over a policy. `max_iter` caps the rows it yields (None: until the policy ends)."""
 
-    def __init__(self, policy: Any, max_iter: int | None, saving: bool = False) -> None:
+    def __init__(self, policy: Any, max_iter: int | None, saving: bool = False, span: int = 1) -> None:
         self.policy = policy
         self.remaining = max_iter
-        self.saving = saving
+        self.rows = BLOCK * (span if getattr(policy, "steady", False) else 1)
+        """Rows drawn at a time: `span` blocks for a steady policy."""
+        self.saving = saving or self.rows > BLOCK
+        """Whether each draw keeps the policy's state before it (for get_state, and to end a span early)."""
         self.choices: np.ndarray | None = None
         self.block = 0
         self.drawn_from: dict[str, Any] | None = None
@@ -81,7 +95,7 @@ class Walk:
         return self.policy.start()
 
     def _size(self) -> int:
-        return BLOCK if self.remaining is None else min(BLOCK, self.remaining)
+        return self.rows if self.remaining is None else min(self.rows, self.remaining)
 
     def draw(self, cap: Callable[[int], int] | None = None) -> np.ndarray | None:
         """The active slot of each of the next rows (cut after a budget runs out); None when the pass is over.
@@ -114,6 +128,9 @@ class Walk:
         """
         choices, self.choices = self.choices, None
         self.foreseen = None
+        if len(choices) > BLOCK and delivered < len(choices):
+            # A span ended early: the generator goes where the blocks through row `delivered` leave it.
+            self._redraw(min(len(choices), (delivered // BLOCK + 1) * BLOCK))
         if self.replaying:
             self.replaying = False
             block = self.ahead.popleft()
@@ -172,6 +189,21 @@ class Walk:
         self.ahead.append(block)
         self.ahead_rows += delivered
         return block
+
+    def cut(self, rows: int) -> None:
+        """End the current block after `rows` rows, as if drawn that long: a reweighting starts there.
+
+        Only a span can reach past a reweighting's first row (a driver caps every
+        draw, and the pool reweights at least a block ahead of what it planned).
+        """
+        if self.choices is not None and not self.replaying and rows < len(self.choices):
+            self.choices, self.block = self._redraw(rows), rows
+
+    def _redraw(self, rows: int) -> np.ndarray:
+        """Put the policy where it stood before the current block, and draw its first `rows` rows again."""
+        self.policy.set_state(self.drawn_from)
+        self.saved = None
+        return self.policy.choose(rows)
 
     def rewind(self) -> None:
         """Drop the blocks drawn ahead past the current one; the policy goes back to where they began."""

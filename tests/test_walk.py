@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefetch import StochasticMux, Streamer
+from prefetch import ShuffledMux, StochasticMux, Streamer
 from prefetch._errors import PrefetchError
 from prefetch._policy import _cut_at_budget
+from prefetch._walk import BLOCK, SPAN
 
 
 def walk_of(n_streams: int, n_active: int, rate: float, mode: str, dist: str, seed: int):
@@ -197,3 +198,86 @@ def test_blocks_drawn_ahead_to_a_foreseen_end_are_the_blocks_the_walk_meets(leng
     blind_record, _ = drive_streams(walk(), lengths, ahead, foresee=False)
     assert ahead_record == plain == blind_record
     assert foreseen == len(plain) - 1, "a block drawn ahead to a foreseen end went otherwise"
+
+
+def drive_rows(make, lengths, rows: int, arrive: int | None, resume_at: int | None):
+    """Drive a walk row by row over streams of these lengths (None: endless), as the pool's planner does:
+    the child of each delivered row, and each stream's end (row, child).
+
+    New weights arrive when `arrive` rows are delivered, to apply from a block later
+    (the margin `Pool.set_weights` leaves): the walk rewinds and is cut there, and
+    draws are capped until then. At row `resume_at` the walk is saved and a new one
+    continues from its state, at the same row of the same block.
+    """
+    walk, out = make(), []
+    child, made, reweight_at, policy_weights = {}, {}, None, None
+
+    def launch(activations):
+        for a in activations:
+            child[a.slot], made[a.slot] = a.child, 0
+
+    def cap(n):
+        return n if reweight_at is None else max(1, min(n, reweight_at - len(out)))
+
+    launch(walk.start())
+    pos, choices = 0, None
+    while len(out) < rows:
+        if choices is None:
+            if reweight_at is not None and len(out) == reweight_at:
+                walk.set_weights(policy_weights)
+                reweight_at = None
+            choices = walk.draw(cap)
+            if choices is None:
+                break
+            pos = 0
+        if arrive is not None and len(out) == arrive:
+            arrive, reweight_at = None, len(out) + BLOCK
+            policy_weights = np.arange(len(walk.policy.weights), 0, -1, dtype=float)
+            walk.rewind()
+            walk.cut(pos + BLOCK)
+            choices = walk.choices
+        if resume_at is not None and len(out) == resume_at:
+            resume_at, state = None, walk.get_state()
+            walk = make()
+            walk.set_state(state)
+            choices = walk.choices
+        slot = int(choices[pos])
+        n = lengths[child[slot]]
+        if n is not None and made[slot] >= n:  # the stream in `slot` ends at this row
+            out.append(("end", child[slot]))
+            launch(walk.finish(pos, slot)[1])
+            choices = None
+            continue
+        made[slot] += 1
+        out.append(child[slot])
+        pos += 1
+        if pos == len(choices):
+            launch(walk.finish(pos, None)[1])
+            choices = None
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 700), st.just(None)), min_size=1, max_size=5), st.integers(1, 4),
+       st.sampled_from(["with_replacement", "single_active", "exhaustive", "shuffled"]), st.integers(0, 2**31),
+       st.one_of(st.none(), st.integers(0, 3000)), st.one_of(st.none(), st.integers(0, 3000)))
+def test_a_span_draws_the_rows_that_blocks_drawn_one_at_a_time_draw(lengths, n_active, mode, seed, arrive,
+                                                                     resume_at):
+    """The planner draws steady policies SPAN blocks at a time: the same rows in the same order, whether a
+    stream ends inside a span, new weights cut it, or a state taken inside it is restored."""
+    def make(span):
+        def walk():
+            streams = [Streamer(range, 1) for _ in lengths]
+            if mode == "shuffled":
+                mux = ShuffledMux(streams, random_state=seed)
+            else:
+                mux = StochasticMux(streams, n_active=n_active, rate=None, mode=mode, random_state=seed)
+            return mux._walk(None, saving=True, span=span)
+        return walk
+
+    try:
+        one = drive_rows(make(1), lengths, 4000, arrive, resume_at)
+    except PrefetchError:
+        return  # every stream empty: the walk raises, whatever its span
+    assert make(SPAN)().rows == SPAN * BLOCK
+    assert drive_rows(make(SPAN), lengths, 4000, arrive, resume_at) == one

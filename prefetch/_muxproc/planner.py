@@ -43,7 +43,7 @@ from .._errors import ArgumentError
 from .._mux import BaseMux, DriveControl
 from .._policy import Activation
 from .._streamer import Streamer
-from .._walk import Walk
+from .._walk import SPAN, Walk
 from .instances import Handle, InstanceTable, RemoteInstance, ReplicatedInstance
 
 LOOKAHEAD_STEPS = 64
@@ -339,7 +339,7 @@ class Planner:
         elif self.nested:
             self.mode, self.driver = "nested", source._drive(self.open_child, None, self.control)
         else:
-            self.mode, self.walk, self.block_pos = "flat", source._walk(None, saving=True), 0
+            self.mode, self.walk, self.block_pos = "flat", source._walk(None, saving=True, span=SPAN), 0
             self.control.policy = self.walk.policy
             self._launch(self.walk.start())
             self.lookahead.top_up(self.walk)
@@ -358,6 +358,9 @@ class Planner:
         self.awaiting = []
         if self.walk is not None:
             self.walk.rewind()
+            ahead = (at - self.seq) * self.batch_size - self.filled  # rows before the first reweighted one
+            if ahead > 0:
+                self.walk.cut(self.block_pos + ahead)
 
     def cap(self, n: int) -> int:
         """Rows of choices the policy may draw now: none past the first row of a reweighted batch."""
@@ -611,7 +614,7 @@ class Planner:
         for at in sorted(at for at in self.pending_weights if at < self.seq):
             source.weights = np.asarray(self.pending_weights.pop(at), dtype=float)
         if "walk" in state:
-            self.walk = source._walk(None, saving=True)
+            self.walk = source._walk(None, saving=True, span=SPAN)
             self.walk.set_state(state["walk"])
             self.mode, self.block_pos = "flat", state["pos"]
             self.control.policy = self.walk.policy
