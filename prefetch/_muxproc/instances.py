@@ -118,7 +118,9 @@ class ReplicatedInstance:
         """As RemoteInstance.available, in replica order: a later replica counts only once earlier ones ended."""
         need, total = self._limit(need), 0
         preferred = self.replicas[self.batch_index() % len(self.replicas)]
-        if not preferred.drained():  # the usual case, without walking the order
+        if preferred.known - preferred.assigned >= need:  # the usual case: the preferred replica has them ready
+            return need
+        if not preferred.drained():  # without walking the order
             have = preferred.available(need)
             if have >= need or not preferred.ended:
                 return have

@@ -461,7 +461,9 @@ class Planner:
                 cut, waiting = kept, False
             counts = needs if cut == len(rows) else np.bincount(rows[:cut], minlength=len(handles)).tolist()
             if cut:
-                order = (rows[:cut].argsort(kind="stable") + self.filled).astype(ROWS)
+                order = rows[:cut].argsort(kind="stable").astype(ROWS)
+                if self.filled:
+                    order += self.filled
                 start = 0
                 for j, count in enumerate(counts):
                     if count:
