@@ -13,7 +13,9 @@ its worker count; the messages to and from the workers come on top.
 
 Sources: the `prefetch bench` workloads (small, mux, mux-rate, activation), and
 rrN (RoundRobinMux over N small streams, N workers), shN (ShuffledMux over N),
-mux300 (StochasticMux of 300 streams, n_active=16, rate=64, 8 workers).
+mux300 (StochasticMux of 300 streams, n_active=16, rate=64, 8 workers), short
+(bench/short_streams.py's mux: 30 streams of 20 samples, n_active=16, rate=64:
+every activation ends early, and the look-ahead foresees it).
 Writes bench/results/planner.json and prints it.
 """
 
@@ -25,6 +27,7 @@ import time
 from typing import Any
 
 from _report import RESULTS, save
+from short_streams import short
 
 from prefetch import RoundRobinMux, ShuffledMux, StochasticMux, Streamer
 from prefetch._bench.workloads import WORKLOADS, small_samples
@@ -36,10 +39,16 @@ from prefetch._pool import _prepare
 SLOTS = 16
 
 
+SHORT = 20
+"""Samples of each stream of the short source."""
+
+
 def source(name: str) -> tuple[Streamer, int, int]:
     """(source, batch size, workers) of a named source."""
     if name in WORKLOADS:
         return WORKLOADS[name].source(), WORKLOADS[name].batch_size, 2
+    if name == "short":
+        return StochasticMux([Streamer(short, k, SHORT) for k in range(30)], n_active=16, rate=64), 256, 2
     if name.startswith("rr"):
         n = int(name[2:])
         return RoundRobinMux([Streamer(small_samples, k) for k in range(n)], mode="cycle"), 256, n
@@ -57,9 +66,13 @@ def measure(name: str, batches: int, repeats: int) -> dict[str, Any]:
     table = InstanceTable(lambda worker, message: TO_WORKER.encode(message), workers, 0, 0, SLOTS * batch_size)
     planner = Planner(tree.source, tree.leaves, table, batch_size, "partial", SLOTS * batch_size, [])
 
+    length = SHORT if name == "short" else None
+
     def report_all_ready() -> None:
         reports = [[iid, inst.assigned + 10**6 if inst.budget is None else inst.budget, inst.budget is not None]
                    for iid, inst in table.instances.items()]
+        if length is not None:  # every stream ends after `length` samples, before its budget or at it
+            reports = [[iid, min(ready, length), ended or ready >= length] for iid, ready, ended in reports]
         table.on_avail(reports)
         table.take_closed()
 
@@ -89,13 +102,13 @@ def measure(name: str, batches: int, repeats: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sources", default="small,mux,mux-rate,activation,rr4,rr8,rr14,sh8,mux300")
+    parser.add_argument("--sources", default="small,mux,mux-rate,activation,short,rr4,rr8,rr14,sh8,mux300")
     parser.add_argument("--batches", type=int, default=2000, help="batches per run (a tenth for mux-rate, mux300)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     rows = []
     for name in args.sources.split(","):
-        slow = name in ("mux-rate", "mux300", "activation")
+        slow = name in ("mux-rate", "mux300", "activation", "short")
         row = measure(name, max(1, args.batches // 10) if slow else args.batches, args.repeats)
         rows.append(row)
         print(f"{name:10} {row['us_per_batch']:>9,.1f} us/batch  ceiling {row['ceiling_samples_per_s']:>12,} samples/s")
