@@ -30,7 +30,6 @@ position (a jump for streams with `seek`).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -88,6 +87,9 @@ class Window:
     choices: np.ndarray
     rows: int
     launched: list[tuple[int, Any]]
+    ends: int | None = None
+    """The slot whose stream runs out right after the window's rows of the block, as foreseen and confirmed
+    (its instance ended with exactly the samples those rows take): the block ends there."""
 
 
 @dataclass
@@ -476,38 +478,56 @@ class Planner:
         return True
 
     def _window(self, want: int) -> tuple[list[Window], list[Handle], np.ndarray]:
-        """Up to `want` rows: the current block's rest, then blocks drawn ahead, each row as an index into handles."""
+        """Up to `want` rows: the current block's rest, then blocks drawn ahead, each row as an index into handles.
+
+        A block foreseen to run out at some row ends the window with that row (where the
+        planner meets the end, which finishes the block) unless the end is already
+        confirmed: the instance ended, and its samples left are exactly what the
+        window's rows take up to there. Then the window goes on with the next block
+        without that row, so a mux of short streams plans a batch in one window, not
+        one per stream's end.
+        """
         walk = self.walk
         slot_map, handles, index = self._live_numbers()
+        journal = list(walk.ahead) if walk.replaying else []
+        choices, start, launched = walk.choices, self.block_pos, []
         stop, exhausted = walk.foreseen_end
-        if exhausted is not None and self.block_pos <= stop:
-            # Foreseen to run out at row `stop`: the window ends with that row, where the planner meets the end.
-            want = min(want, stop + 1 - self.block_pos)
-        segment = slot_map[walk.choices[self.block_pos:self.block_pos + want]]
-        windows, segments, total = [Window(walk.choices, len(segment), [])], [segment], len(segment)
-        journal = list(walk.ahead) if walk.replaying and exhausted is None else []
-        if len(journal) > 1 and total < want:
-            handles, index = list(handles), dict(index)  # the blocks ahead number their own instances too
-
-        def number(handle: Handle) -> int:
-            j = index.setdefault(id(handle), len(index))
-            if j == len(handles):
-                handles.append(handle)
-            return j
-
-        for previous, block in itertools.pairwise(journal):
-            if total >= want or len(previous.opened) != len(previous.activations) or previous.exhausted is not None:
+        windows: list[Window] = []
+        segments: list[np.ndarray] = []
+        total, k, own = 0, 0, False
+        while True:
+            rows = want - total
+            ends = None
+            if exhausted is not None and start <= stop < start + rows:
+                segment = slot_map[choices[start:stop]]
+                j = int(slot_map[exhausted])
+                handle = handles[j]
+                taken = sum(int(np.count_nonzero(seg == j)) for seg in (*segments, segment))
+                if isinstance(handle, RemoteInstance) and handle.ended and handle.known - handle.assigned == taken:
+                    ends = exhausted
+                else:  # the window ends with the row where the stream runs out
+                    segment = slot_map[choices[start:stop + 1]]
+            else:
+                segment = slot_map[choices[start:start + rows]]
+            windows.append(Window(choices, len(segment), launched, ends))
+            segments.append(segment)
+            total += len(segment)
+            done = total >= want or (exhausted is not None and ends is None)
+            if done or k + 1 >= len(journal) or len(journal[k].opened) != len(journal[k].activations):
                 break
+            previous, block = journal[k], journal[k + 1]
+            k += 1
+            if not own:  # the blocks ahead number their own instances too
+                handles, index, own = list(handles), dict(index), True
             launched = [(a.slot, handle) for a, (_, handle) in zip(previous.activations, previous.opened, strict=True)]
             slot_map = slot_map.copy()
             for slot, handle in launched:
-                slot_map[slot] = number(handle)
-            # A block foreseen to run out ends the window with the row where it does.
-            rows = want - total if block.exhausted is None else min(want - total, block.delivered + 1)
-            segment = slot_map[block.choices[:rows]]
-            windows.append(Window(block.choices, len(segment), launched))
-            segments.append(segment)
-            total += len(segment)
+                j = index.setdefault(id(handle), len(index))
+                if j == len(handles):
+                    handles.append(handle)
+                slot_map[slot] = j
+            choices, start = block.choices, 0
+            stop, exhausted = block.delivered, block.exhausted
         rows = segments[0] if len(segments) == 1 else np.concatenate(segments)
         return windows, handles, rows
 
@@ -549,7 +569,9 @@ class Planner:
                     self._finish_block(int(window.choices[self.block_pos]))
                 return cut
             self.block_pos += window.rows
-            if self.block_pos == len(window.choices):
+            if window.ends is not None:
+                self._finish_block(window.ends)
+            elif self.block_pos == len(window.choices):
                 self._finish_block(None)
             start = end
         return cut
