@@ -128,18 +128,32 @@ def _draw_slots(rng: Rng, cum: np.ndarray, n: int) -> np.ndarray:
     return np.minimum(picks, len(cum) - 1, out=picks)
 
 
+CUT_BY_HAND = 64
+"""Rows `_cut_at_budget` walks in Python before it asks numpy whether the rest exhausts any budget."""
+
+
 def _cut_at_budget(choices: np.ndarray, budget: list[float]) -> np.ndarray:
     """The prefix of `choices` that ends at the first row exhausting some slot's budget (inf: none).
 
     A walk over the rows in Python, which stops at that row: with budgets about as
     long as a block it stops early (mean budget 64 over 16 slots: about 63 rows in,
-    27 us here, against 48 for counting every slot with numpy first). Rows fewer
-    than every budget cannot exhaust one.
+    27 us here, against 48 for counting every slot with numpy first). Past
+    CUT_BY_HAND rows, one bincount says whether the rest exhausts any budget at all:
+    where none does (streams that end long before their budget, whose fresh budgets
+    outlast the block) the walk would go over every row (38 against 22 us a block).
+    Rows fewer than every budget cannot exhaust one.
     """
     if len(choices) < min(budget):
         return choices
     left = list(budget)
-    for row, slot in enumerate(choices.tolist()):
+    rows = choices.tolist()
+    for row, slot in enumerate(rows[:CUT_BY_HAND]):
+        left[slot] -= 1
+        if left[slot] <= 0:
+            return choices[:row + 1]
+    if len(rows) <= CUT_BY_HAND or (np.bincount(choices[CUT_BY_HAND:], minlength=len(left)) < left).all():
+        return choices
+    for row, slot in enumerate(rows[CUT_BY_HAND:], CUT_BY_HAND):
         left[slot] -= 1
         if left[slot] <= 0:
             return choices[:row + 1]
