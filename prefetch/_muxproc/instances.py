@@ -132,9 +132,10 @@ class ReplicatedInstance:
 
     def take(self, n: int) -> list[tuple[RemoteInstance, int]]:
         preferred = self.replicas[self.batch_index() % len(self.replicas)]
-        if preferred.known - preferred.assigned >= n and not preferred.drained():  # the usual case
+        if n and preferred.known - preferred.assigned >= n:  # the usual case: the preferred replica has them
             self.count += n
-            return preferred.take(n)
+            preferred.assigned += n
+            return [(preferred, n)]
         runs = []
         for replica in self._order():
             k = min(n, replica.known - replica.assigned)
