@@ -17,7 +17,7 @@ import numpy as np
 from ._errors import ArgumentError, add_note, check_int
 from ._policy import Activation, ChainPolicy, RoundRobinPolicy, ShuffledPolicy, StochasticPolicy
 from ._streamer import Streamer
-from ._walk import SPAN, Walk
+from ._walk import Walk
 
 OpenChild = Callable[[Streamer, "int | None"], Iterator[Any]]
 
@@ -113,7 +113,7 @@ class BaseMux(Streamer):
         `control` lets the pool see the policy (to reweight it) and cap the rows drawn
         ahead, so that a reweighting starts at an exact row.
         """
-        walk = self._walk(max_iter, span=SPAN if control is None else 1)  # a pool's reweighting cuts no span here
+        walk = self._walk(max_iter)
         if control is not None:
             control.policy = walk.policy
         opened: dict[int, tuple[Iterator[Any], Any]] = {}

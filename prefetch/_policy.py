@@ -14,6 +14,10 @@ Protocol, as a driver uses it:
   with at most `budget` samples (None: until it ends). `live()` maps each active
   slot to its child, and `slots` says how many slots there are.
 
+A policy that is `steady` (no budgets: only an exhausted stream changes what it
+draws) changes nothing but its generator `rng` in `choose`, so a driver may draw
+many blocks at once and put `rng` back to end them early (see Walk's spans).
+
 State: `get_state()` is a dict of everything the policy knows, its RNG included,
 that later steps never change (cheap: the planner takes one per block); `jsonable()`
 turns it into plain data; `set_state()` takes either and, on a policy built with the

@@ -18,12 +18,13 @@ the policy back to where that block started, drops the journal, and is walked
 again for real; `rewind()` drops the blocks past the current one (a reweighting).
 
 Spans: a policy whose draws never change between blocks (`steady`: no budgets, so
-nothing happens at a block's end) may be asked for `span` blocks at once, with the
-same choices (a generator draws the same numbers in one call as in several). Where
-a span ends early (a stream ran out, or `cut` for a reweighting), the generator is
-put back where the blocks up to there would have left it, so the choices after it
+nothing happens at a block's end) may be asked for up to `span` blocks at once, with
+the same choices (a generator draws the same numbers in one call as in several).
+Where a span ends early (a stream ran out, or `cut` for a reweighting), the generator
+is put back where the blocks up to there would have left it, so the choices after it
 are those of blocks drawn one at a time. A span costs a driver one block's Python
-work for `span` blocks' rows.
+work for several blocks' rows; it grows from one block while draws play out whole,
+and falls back to one at an early end, so streams that end often cost what they did.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import PrefetchError
-from ._policy import Activation
+from ._policy import Activation, _rng_raw, _set_rng
 
 BLOCK = 256
 """Rows of stream choices drawn at a time; fixed so that every driver draws the same."""
@@ -72,13 +73,18 @@ class Walk:
     def __init__(self, policy: Any, max_iter: int | None, saving: bool = False, span: int = 1) -> None:
         self.policy = policy
         self.remaining = max_iter
-        self.rows = BLOCK * (span if getattr(policy, "steady", False) else 1)
-        """Rows drawn at a time: `span` blocks for a steady policy."""
-        self.saving = saving or self.rows > BLOCK
-        """Whether each draw keeps the policy's state before it (for get_state, and to end a span early)."""
+        self.most = BLOCK * (span if getattr(policy, "steady", False) else 1)
+        """Most rows drawn at a time: `span` blocks for a steady policy."""
+        self.rows = BLOCK
+        """Rows the next draw asks for: doubled after a draw played out whole, up to `most`; one block after one
+        that ended early (streams that end often would waste most of a span, and put the generator back)."""
+        self.saving = saving
+        """Whether each draw keeps the policy's state before it, for get_state (a span always does: to end early)."""
         self.choices: np.ndarray | None = None
         self.block = 0
         self.drawn_from: dict[str, Any] | None = None
+        self.span_rng: Any = None
+        """The generator's state before the current span (a draw of more than a block), to end it early."""
         self.ahead: deque[Block] = deque()
         """The journal: blocks drawn ahead, the current one first while it is replayed; the policy stands after them."""
         self.ahead_rows = 0
@@ -114,6 +120,8 @@ class Walk:
             n = cap(n)
         if self.saving:
             self.drawn_from = self._policy_state()
+        if n > BLOCK:
+            self.span_rng = _rng_raw(self.policy.rng)
         self.saved = None
         choices = self.policy.choose(n)
         if len(choices) == 0:
@@ -128,9 +136,13 @@ class Walk:
         """
         choices, self.choices = self.choices, None
         self.foreseen = None
-        if len(choices) > BLOCK and delivered < len(choices):
-            # A span ended early: the generator goes where the blocks through row `delivered` leave it.
-            self._redraw(min(len(choices), (delivered // BLOCK + 1) * BLOCK))
+        if delivered < len(choices):
+            self.rows = BLOCK
+            if (delivered // BLOCK + 1) * BLOCK < len(choices):
+                # A span ended early: the generator goes where the blocks through row `delivered` leave it.
+                self._redraw((delivered // BLOCK + 1) * BLOCK)
+        else:
+            self.rows = min(2 * self.rows, self.most)
         if self.replaying:
             self.replaying = False
             block = self.ahead.popleft()
@@ -200,8 +212,9 @@ class Walk:
             self.choices, self.block = self._redraw(rows), rows
 
     def _redraw(self, rows: int) -> np.ndarray:
-        """Put the policy where it stood before the current block, and draw its first `rows` rows again."""
-        self.policy.set_state(self.drawn_from)
+        """Put the generator where it stood before the current span, and draw its first `rows` rows again (a steady
+        policy's draws change nothing else)."""
+        _set_rng(self.policy.rng, self.span_rng)
         self.saved = None
         return self.policy.choose(rows)
 
@@ -258,6 +271,8 @@ class Walk:
         self.choices = None
         if state["block"] is not None:
             self.drawn_from = state["policy"]
+            if state["block"] > BLOCK:
+                self.span_rng = _rng_raw(self.policy.rng)
             self.choices, self.block = self.policy.choose(state["block"]), state["block"]
 
 

@@ -401,29 +401,3 @@ def test_n_active_above_stream_count_is_fine_with_replacement():
     mux = StochasticMux(endless(2), n_active=5, rate=3, random_state=0)
     assert len(list(mux(max_iter=50))) == 50
 
-
-def _counted(k: int, n: int | None):
-    i = 0
-    while n is None or i < n:
-        yield (k, i)
-        i += 1
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("kind", ["with_replacement", "single_active", "exhaustive", "shuffled", "nested"])
-def test_iterating_a_steady_mux_in_spans_yields_what_single_blocks_yield(monkeypatch, seed, kind):
-    """In process, a mux without budgets is drawn eight blocks at a time; streams that run out inside a span
-    (and a nested mux's budgets) leave its samples as they were with one block at a time."""
-    def make():
-        streams = [Streamer(_counted, k, 30 + 150 * k if k % 2 == 0 else None) for k in range(5)]
-        if kind == "shuffled":
-            return ShuffledMux([Streamer(_counted, k, 17 + 60 * k) for k in range(4)], random_state=seed)
-        if kind == "nested":
-            inner = StochasticMux([Streamer(_counted, k, 40 * (k + 1)) for k in range(3)], n_active=2, rate=None,
-                                  random_state=seed)
-            return StochasticMux([inner, Streamer(_counted, 9, None)], n_active=2, rate=16, random_state=seed)
-        return StochasticMux(streams, n_active=3, rate=None, mode=kind, weights=[1, 2, 3, 4, 5], random_state=seed)
-
-    spans = list(itertools.islice(make().iterate(), 6000))
-    monkeypatch.setattr("prefetch._mux.SPAN", 1)
-    assert list(itertools.islice(make().iterate(), 6000)) == spans

@@ -279,5 +279,21 @@ def test_a_span_draws_the_rows_that_blocks_drawn_one_at_a_time_draw(lengths, n_a
         one = drive_rows(make(1), lengths, 4000, arrive, resume_at)
     except PrefetchError:
         return  # every stream empty: the walk raises, whatever its span
-    assert make(SPAN)().rows == SPAN * BLOCK
+    assert make(SPAN)().most == SPAN * BLOCK
     assert drive_rows(make(SPAN), lengths, 4000, arrive, resume_at) == one
+
+
+def test_a_span_grows_while_draws_play_out_and_falls_back_to_a_block_at_an_early_end():
+    """Streams that end often would waste most of a long span (drawn, then put back): a walk draws one block
+    after an early end, and doubles its draw after each that played out whole, up to SPAN blocks."""
+    mux = StochasticMux([Streamer(range, 1) for _ in range(3)], n_active=3, rate=None, random_state=4)
+    walk = mux._walk(None, saving=True, span=SPAN)
+    walk.start()
+    sizes = []
+    for _ in range(5):
+        sizes.append(len(walk.draw()))
+        walk.finish(sizes[-1], None)
+    assert sizes == [BLOCK, 2 * BLOCK, 4 * BLOCK, SPAN * BLOCK, SPAN * BLOCK]
+    choices = walk.draw()
+    walk.finish(10, int(choices[10]))  # a stream ran out 10 rows in
+    assert len(walk.draw()) == BLOCK

@@ -489,8 +489,12 @@ class Planner:
         """
         walk = self.walk
         slot_map, handles, index = self._live_numbers()
-        journal = list(walk.ahead) if walk.replaying else []
-        choices, start, launched = walk.choices, self.block_pos, []
+        choices, start = walk.choices, self.block_pos
+        if not walk.replaying:  # no block drawn ahead, no end foreseen: the current block's rest
+            segment = slot_map[choices[start:start + want]]
+            return [Window(choices, len(segment), [])], handles, segment
+        journal = list(walk.ahead)
+        launched: list[tuple[int, Any]] = []
         stop, exhausted = walk.foreseen_end
         windows: list[Window] = []
         segments: list[np.ndarray] = []
