@@ -14,9 +14,10 @@ Protocol, as a driver uses it:
   with at most `budget` samples (None: until it ends). `live()` maps each active
   slot to its child, and `slots` says how many slots there are.
 
+`choose` changes nothing but the policy's generator `rng` (and caches), so a driver
+can end a draw early by putting `rng` back and drawing fewer rows (see Walk's `cut`).
 A policy that is `steady` (no budgets: only an exhausted stream changes what it
-draws) changes nothing but its generator `rng` in `choose`, so a driver may draw
-many blocks at once and put `rng` back to end them early (see Walk's spans).
+draws) may be drawn many blocks at once (see Walk's spans).
 
 State: `get_state()` is a dict of everything the policy knows, its RNG included,
 that later steps never change (cheap: the planner takes one per block); `jsonable()`

@@ -714,8 +714,11 @@ class Pool:
         """Reweight the top-level mux; returns how many more batches come with the old weights.
 
         The change starts at an exact batch, the same from run to run: as many batches
-        ahead of the trainer as there are slots, plus a block of choices (the ones
-        that may already be planned keep the old weights).
+        ahead of the trainer as there are slots, plus the one the mux process may have
+        planned and hold for a free slot, plus a block of choices (the ones that may
+        already be planned keep the old weights, and none drawn before the new ones
+        arrive may reach a block into the reweighted batches, or the rows before them
+        would depend on when they arrived; a longer draw is cut where they start).
         """
         source = self._source
         if not isinstance(getattr(source, "weights", None), np.ndarray) or not isinstance(source, BaseMux):
@@ -725,7 +728,7 @@ class Pool:
         # the mux process may have planned a batch into every slot (before the first segment sized the slots
         # by their bytes: into as many as it may get)
         slots = AUTO_SLOTS_MAX if self._auto_prefetch and self._layout is None else self._slots
-        ahead = slots + math.ceil(BLOCK / self.options.batch_size)
+        ahead = slots + 1 + math.ceil(BLOCK / self.options.batch_size)
         at = self._last_seq + 1 + ahead
         self._send(Weights(at, w.tolist()))
         self._weights_history.append([at, w.tolist()])

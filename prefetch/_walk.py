@@ -83,8 +83,10 @@ class Walk:
         self.choices: np.ndarray | None = None
         self.block = 0
         self.drawn_from: dict[str, Any] | None = None
-        self.span_rng: Any = None
-        """The generator's state before the current span (a draw of more than a block), to end it early."""
+        self.rng = getattr(policy, "rng", None)
+        """The policy's generator (a ChainMux's policy has none): what its `choose` changes."""
+        self.drawn_rng: Any = None
+        """The generator's state before the current draw, to end it early (kept for spans, and in saving walks)."""
         self.ahead: deque[Block] = deque()
         """The journal: blocks drawn ahead, the current one first while it is replayed; the policy stands after them."""
         self.ahead_rows = 0
@@ -120,8 +122,8 @@ class Walk:
             n = cap(n)
         if self.saving:
             self.drawn_from = self._policy_state()
-        if n > BLOCK:
-            self.span_rng = _rng_raw(self.policy.rng)
+        if self.rng is not None and (self.saving or n > BLOCK):
+            self.drawn_rng = _rng_raw(self.rng)
         self.saved = None
         choices = self.policy.choose(n)
         if len(choices) == 0:
@@ -203,18 +205,19 @@ class Walk:
         return block
 
     def cut(self, rows: int) -> None:
-        """End the current block after `rows` rows, as if drawn that long: a reweighting starts there.
+        """End the current block after `rows` rows, as if it had been drawn capped there: a reweighting starts there.
 
-        Only a span can reach past a reweighting's first row (a driver caps every
-        draw, and the pool reweights at least a block ahead of what it planned).
+        A driver caps every draw at a reweighting it knows of; this is for new weights
+        that arrive while a block drawn before them reaches past their first row (a
+        span, or a block that began in the middle of a batch). A saving walk only.
         """
         if self.choices is not None and not self.replaying and rows < len(self.choices):
             self.choices, self.block = self._redraw(rows), rows
 
     def _redraw(self, rows: int) -> np.ndarray:
-        """Put the generator where it stood before the current span, and draw its first `rows` rows again (a steady
-        policy's draws change nothing else)."""
-        _set_rng(self.policy.rng, self.span_rng)
+        """Put the generator where it stood before the current draw, and draw its first `rows` rows again (a mux
+        policy's `choose` changes nothing else)."""
+        _set_rng(self.rng, self.drawn_rng)
         self.saved = None
         return self.policy.choose(rows)
 
@@ -271,8 +274,8 @@ class Walk:
         self.choices = None
         if state["block"] is not None:
             self.drawn_from = state["policy"]
-            if state["block"] > BLOCK:
-                self.span_rng = _rng_raw(self.policy.rng)
+            if self.rng is not None:
+                self.drawn_rng = _rng_raw(self.rng)
             self.choices, self.block = self.policy.choose(state["block"]), state["block"]
 
 

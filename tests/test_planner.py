@@ -214,3 +214,29 @@ def test_streams_that_never_end_early_are_foreseen_from_the_start():
     plans(planner, lengths, 3)
     assert planner.lookahead.lengths == {} and not planner.lookahead._unforeseeable(planner.walk)
     assert planner.lookahead.opened > 0
+
+
+@pytest.mark.parametrize(("rate", "lead"), [(None, 16), (None, 17), (None, 40), (None, 100), (8, 16), (8, 33)])
+@pytest.mark.parametrize("arrive", [3, 50, 120])
+@pytest.mark.parametrize("lengths", [[None, None, None, None], [None, 700, None, 90]])
+def test_new_weights_start_at_their_batch_even_inside_a_span_drawn_before_them(rate, lead, arrive, lengths):
+    """Weights for batch `at` reach the planner at least a block (256 rows, 16 batches here) before that
+    batch's first row (Pool.set_weights's margin), but a span drawn before them (the planner draws `rate=None`
+    muxes up to eight blocks at a time) may reach past it. They start exactly at batch `at`: the plans are
+    those of a planner that knew of them from the start and capped every draw there."""
+    streams = [Streamer(endless) if n is None else Streamer(range(n)) for n in lengths]
+
+    def planner(history):
+        mux = StochasticMux(streams, n_active=3, rate=rate, weights=[1, 2, 3, 4], random_state=9)
+        table = InstanceTable(lambda worker, message: None, 2, 11, 0, 64)
+        return Planner(mux, Leaves(streams, [str(i) for i in range(len(streams))]), table, 16, "partial", 64,
+                       history)
+
+    at, weights = arrive + lead, [4.0, 0.0, 1.0, 1.0]
+    told = planner([])
+    before = plans(told, lengths, arrive)
+    told.add_weights(at, weights)
+    after = plans(told, lengths, lead + 20)
+    assert before + after == plans(planner([[at, weights]]), lengths, arrive + lead + 20)
+    assert all((stream, activation) != (1, 0) for row in after[lead:] for stream, activation in row), \
+        "a row of stream 1 (weight 0 from batch `at`) in the activation that was live when the weights came"

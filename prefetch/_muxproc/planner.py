@@ -355,14 +355,23 @@ class Planner:
         self.epoch_wanted = self.epoch_rows > 0
 
     def add_weights(self, at: int, weights: list[float]) -> None:
-        """Reweight from batch `at` on: blocks drawn ahead with the old weights past the current one are dropped."""
+        """Reweight from batch `at` on: blocks drawn ahead with the old weights past the current one are dropped,
+        and the current block, if it reaches past batch `at`'s first row, ends there.
+
+        A pool that runs as far ahead of its trainer as its slots allow may stand right
+        at that row when the weights arrive, inside a block drawn before them (a span
+        runs over eight batches): the block ends where it stands.
+        """
         self.pending_weights[at] = weights
         self.awaiting = []
-        if self.walk is not None:
-            self.walk.rewind()
+        walk = self.walk
+        if walk is not None:
+            walk.rewind()
             ahead = (at - self.seq) * self.batch_size - self.filled  # rows before the first reweighted one
-            if ahead > 0:
-                self.walk.cut(self.block_pos + ahead)
+            if ahead >= 0 and walk.choices is not None:
+                walk.cut(self.block_pos + ahead)
+                if self.block_pos == len(walk.choices):
+                    self._finish_block(None)
 
     def cap(self, n: int) -> int:
         """Rows of choices the policy may draw now: none past the first row of a reweighted batch."""
