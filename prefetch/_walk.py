@@ -79,7 +79,7 @@ class Walk:
         """Rows the next draw asks for: doubled after a draw played out whole, up to `most`; one block after one
         that ended early (streams that end often would waste most of a span, and put the generator back)."""
         self.saving = saving
-        """Whether each draw keeps the policy's state before it, for get_state (a span always does: to end early)."""
+        """Whether each draw keeps the policy's state before it, for get_state (and its generator's, for `cut`)."""
         self.choices: np.ndarray | None = None
         self.block = 0
         self.drawn_from: dict[str, Any] | None = None
